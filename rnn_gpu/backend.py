@@ -1,0 +1,264 @@
+"""Array-backend shim: chooses NumPy or CuPy and moves arrays between them.
+
+Backend-generic code asks a :class:`Backend` for its array module ``xp`` and never
+imports CuPy itself. Importing this module touches no GPU: CuPy is imported, and a
+device probed, only when a backend is first resolved.
+
+Names: ``"numpy"``, ``"cupy"`` and ``"auto"`` (the default, also read from the
+environment variable ``RNN_GPU_BACKEND``). ``"auto"`` picks CuPy only when it imports
+and a CUDA device answers; otherwise NumPy.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("rnn_gpu")
+
+BACKENDS = ("auto", "numpy", "cupy")
+ENV_VAR = "RNN_GPU_BACKEND"
+
+_FIX_HINT = (
+    "install the CuPy wheel matching your CUDA driver (pip install 'rnn-gpu[cuda12]' or "
+    "'rnn-gpu[cuda13]'), check that `nvidia-smi` lists a GPU, or use backend='numpy'"
+)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One array backend: its name, its array module and (for CuPy) the device."""
+
+    name: str  # "numpy" or "cupy"
+    xp: Any  # the array module
+    device: str  # human-readable description
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "cupy"
+
+    def asarray(self, a, dtype=None):
+        """Put `a` (a NumPy or this backend's array, or a scalar/list) on this backend."""
+        if self.name == "numpy":
+            if is_cupy_array(a):
+                a = a.get()
+            return np.asarray(a, dtype=dtype)
+        return self.xp.asarray(a, dtype=dtype)
+
+    def synchronize(self) -> None:
+        if self.name == "cupy":
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        return f"Backend({self.name!r}, {self.device!r})"
+
+
+# -------------------------------------------------------------------------------------
+# CuPy probing. The reason a probe failed is remembered so that an explicit request for
+# CuPy can say why it cannot be honoured.
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_cupy() -> tuple[Any, str | None, str]:
+    """Return (cupy module or None, reason it is unusable or None, device description)."""
+    try:
+        import cupy  # noqa: PLC0415 - imported lazily on purpose
+    except Exception as e:  # ImportError, or a broken CUDA library underneath
+        return None, f"CuPy does not import ({type(e).__name__}: {e})", ""
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError: no driver, driver too old, ...
+        return None, f"CuPy imports but CUDA is unusable ({type(e).__name__}: {e})", ""
+    if n < 1:
+        return None, "CuPy imports but no CUDA device is visible", ""
+    try:
+        dev = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        cupy.zeros(1).sum()  # a real launch: catches a driver/toolkit mismatch early
+    except Exception as e:
+        return None, f"CuPy sees a device but cannot run on it ({type(e).__name__}: {e})", ""
+    cc = props.get("major", "?"), props.get("minor", "?")
+    return cupy, None, f"{name} (device {dev.id}, compute capability {cc[0]}.{cc[1]})"
+
+
+def cupy_unavailable_reason() -> str | None:
+    """Why CuPy cannot be used here, or None when it can."""
+    return _probe_cupy()[1]
+
+
+def gpu_available() -> bool:
+    return _probe_cupy()[0] is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _numpy_backend() -> Backend:
+    return Backend("numpy", np, "CPU (NumPy)")
+
+
+@functools.lru_cache(maxsize=None)
+def _cupy_backend() -> Backend:
+    cp, why, device = _probe_cupy()
+    if cp is None:
+        raise RuntimeError(f"backend 'cupy' is not usable: {why}. To fix: {_FIX_HINT}.")
+    return Backend("cupy", cp, device)
+
+
+def get_backend(name: str | Backend | None = "auto") -> Backend:
+    """Resolve a backend name ("auto", "numpy", "cupy"; None means "auto")."""
+    if isinstance(name, Backend):
+        return name
+    if name is None or name == "auto":
+        env = os.environ.get(ENV_VAR, "").strip().lower()
+        if env and env != "auto":
+            if env not in BACKENDS:
+                raise ValueError(
+                    f"{ENV_VAR}: expected one of {', '.join(BACKENDS)}, got {env!r}"
+                )
+            return get_backend(env)
+        return _auto_backend()
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {name!r}")
+    name = name.lower()
+    if name == "numpy":
+        return _numpy_backend()
+    return _cupy_backend()
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_backend() -> Backend:
+    if gpu_available():
+        b = _cupy_backend()
+        log.info("rnn_gpu: backend 'auto' chose CuPy on %s", b.device)
+        return b
+    log.info("rnn_gpu: backend 'auto' chose NumPy (%s)", cupy_unavailable_reason())
+    return _numpy_backend()
+
+
+# -------------------------------------------------------------------------------------
+# Array helpers
+
+
+def is_cupy_array(a) -> bool:
+    """True for a cupy.ndarray, decided without importing CuPy."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def array_module(*arrays):
+    """The module (numpy or cupy) of `arrays`; TypeError if they mix backends."""
+    kinds = {("cupy" if is_cupy_array(a) else "numpy") for a in arrays if a is not None}
+    if len(kinds) > 1:
+        raise TypeError(
+            "arrays from different backends were mixed in one call (NumPy and CuPy); "
+            "move them to one backend first with rnn_gpu.to_numpy or Backend.asarray"
+        )
+    if kinds == {"cupy"}:
+        return _cupy_backend().xp
+    return np
+
+
+def to_numpy(a) -> np.ndarray:
+    """A host (NumPy) copy or view of `a`, from either backend."""
+    if is_cupy_array(a):
+        return a.get()
+    return np.asarray(a)
+
+
+def as_backend(a, backend: Backend, dtype=None):
+    """Put `a` on `backend` (host arrays are copied to the device when needed)."""
+    return backend.asarray(a, dtype=dtype)
+
+
+# -------------------------------------------------------------------------------------
+# CUDA sources. In a source checkout they sit in <repo>/kernels; in an installed wheel,
+# in rnn_gpu/kernels.
+
+
+def kernel_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for cand in (here / "kernels", here.parent / "kernels"):
+        if any(cand.glob("*.cu")):
+            return cand
+    raise FileNotFoundError(
+        f"CUDA sources not found in {here / 'kernels'} or {here.parent / 'kernels'}; "
+        "the installation is incomplete (reinstall rnn-gpu)"
+    )
+
+
+def kernel_source(filename: str) -> str:
+    return _read_source(str(kernel_dir() / filename))
+
+
+@functools.lru_cache(maxsize=None)
+def _read_source(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=None)
+def raw_module(filename: str, defines: tuple[tuple[str, str], ...] = ()):
+    """Compile `kernels/<filename>` once (per set of #defines) as a cupy.RawModule."""
+    cp = _cupy_backend().xp
+    head = "".join(f"#define {k} {v}\n" for k, v in defines)
+    return cp.RawModule(
+        code=head + kernel_source(filename),
+        options=("--std=c++14", f"-I{kernel_dir()}"),
+    )
+
+
+def describe() -> dict[str, str]:
+    """Versions and devices, for `rnn-gpu info` and benchmark records."""
+    import platform
+
+    from . import __version__
+
+    info = {
+        "rnn_gpu": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": _blas_name(),
+        "cpu": _cpu_name(),
+        "threads": str(os.cpu_count()),
+    }
+    cp, why, device = _probe_cupy()
+    if cp is None:
+        info["cupy"] = why or "unavailable"
+    else:
+        info["cupy"] = cp.__version__
+        try:
+            info["cuda_runtime"] = str(cp.cuda.runtime.runtimeGetVersion())
+            info["cuda_driver"] = str(cp.cuda.runtime.driverGetVersion())
+        except Exception:  # pragma: no cover - depends on the machine
+            pass
+        info["gpu"] = device
+    try:
+        info["backend"] = f"{get_backend('auto').name}"
+    except Exception as e:  # an invalid RNN_GPU_BACKEND, say
+        info["backend"] = f"error: {e}"
+    return info
+
+
+def _blas_name() -> str:
+    try:
+        cfg = np.show_config(mode="dicts")  # NumPy >= 1.25
+        blas = cfg.get("Build Dependencies", {}).get("blas", {})
+        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:  # pragma: no cover - old NumPy
+        return "unknown"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()

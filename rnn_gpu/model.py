@@ -1,0 +1,286 @@
+"""The public model: an Elman RNN whose loss and exact BPTT gradients run on either backend.
+
+    h_t = f(U x_t + W h_{t-1} + b)        f: tanh (default), sigmoid or relu
+    o_t = g(V h_t + c)                    g + loss: softmax + cross-entropy (default),
+                                          sigmoid + binary cross-entropy, linear + 1/2 squared error
+    L   = sum over all steps and sequences of L_t
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import reference
+from .backend import Backend, get_backend, is_cupy_array, to_numpy
+from .engine import Engine
+from .reference import ACTIVATIONS, OUTPUTS
+
+DTYPES = ("float32", "float64")
+PARAM_NAMES = ("U", "W", "V", "b", "c")
+
+
+def _check_positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    return int(v)
+
+
+def _check_choice(name: str, v, choices) -> str:
+    if not isinstance(v, str) or v not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
+class RNN:
+    """Elman RNN with parameters U (H, I), W (H, H), V (O, H), b (H,), c (O,).
+
+    Parameters start uniform in +-1/sqrt(H) (biases zero), reproducibly from `seed`, and
+    live on the chosen backend ("auto", "numpy" or "cupy") in `dtype`.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, *,
+                 backend: str | Backend = "auto", dtype: str = "float32", seed: int = 0,
+                 hidden_activation: str = "tanh", output: str = "softmax"):
+        I = _check_positive_int("input_size", input_size)
+        H = _check_positive_int("hidden_size", hidden_size)
+        O = _check_positive_int("output_size", output_size)
+        try:
+            dtype_name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+        except TypeError:
+            dtype_name = repr(dtype)
+        _check_choice("dtype", dtype_name, DTYPES)
+        _check_choice("hidden_activation", hidden_activation, ACTIVATIONS)
+        _check_choice("output", output, OUTPUTS)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+        self.backend = get_backend(backend)
+        self.dtype = np.dtype(dtype_name)
+        self.input_size, self.hidden_size, self.output_size = I, H, O
+        self.hidden_activation = hidden_activation
+        self.output = output
+        self.seed = int(seed)
+
+        rng = np.random.default_rng(self.seed)
+        r = 1.0 / np.sqrt(H)
+        host = {
+            "U": rng.uniform(-r, r, (H, I)), "W": rng.uniform(-r, r, (H, H)),
+            "V": rng.uniform(-r, r, (O, H)), "b": np.zeros(H), "c": np.zeros(O),
+        }
+        self.params: dict[str, Any] = {
+            k: self.backend.asarray(np.ascontiguousarray(v, dtype=self.dtype))
+            for k, v in host.items()
+        }
+        self._engine = Engine(self.backend, self.dtype, (I, H, O), hidden_activation, output)
+
+    # ---------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> dict:
+        """The constructor arguments (without the backend), enough to rebuild the model."""
+        return {
+            "input_size": self.input_size, "hidden_size": self.hidden_size,
+            "output_size": self.output_size, "dtype": self.dtype.name,
+            "hidden_activation": self.hidden_activation, "output": self.output,
+            "seed": self.seed,
+        }
+
+    def __repr__(self) -> str:
+        return (f"RNN({self.input_size}, {self.hidden_size}, {self.output_size}, "
+                f"backend={self.backend.name!r}, dtype={self.dtype.name!r}, "
+                f"hidden_activation={self.hidden_activation!r}, output={self.output!r})")
+
+    def to(self, backend: str | Backend = "auto", dtype: str | None = None) -> RNN:
+        """A copy of this model on another backend and/or dtype."""
+        cfg = self.config
+        if dtype is not None:
+            cfg["dtype"] = dtype
+        m = RNN(cfg.pop("input_size"), cfg.pop("hidden_size"), cfg.pop("output_size"),
+                backend=backend, **cfg)
+        m.load_params({k: to_numpy(v) for k, v in self.params.items()})
+        return m
+
+    def load_params(self, params: dict) -> None:
+        """Copy parameters (NumPy or backend arrays) into this model, checking shapes."""
+        for name in PARAM_NAMES:
+            if name not in params:
+                raise ValueError(f"params: missing {name!r}")
+            v = params[name]
+            want = self.params[name].shape
+            if tuple(v.shape) != want:
+                raise ValueError(f"params[{name!r}]: expected shape {want}, got {tuple(v.shape)}")
+            self.params[name][...] = self.backend.asarray(v, dtype=self.dtype)
+
+    # ---------------------------------------------------------------------------------
+    # Validation: every bad input is a ValueError naming the argument.
+
+    def _array(self, name: str, a):
+        if a is None:
+            return None
+        if is_cupy_array(a) and not self.backend.is_gpu:
+            raise TypeError(
+                f"{name}: got a CuPy array but this model runs on NumPy; mixing backends in "
+                "one call is not allowed (pass rnn_gpu.to_numpy(...) or use backend='cupy')"
+            )
+        if not hasattr(a, "shape"):
+            a = np.asarray(a)
+        return a
+
+    def _check_x(self, x):
+        x = self._array("x", x)
+        if x is None:
+            raise ValueError("x: expected token ids (T, B) or floats (T, B, I), got None")
+        if x.ndim == 2:
+            if x.dtype.kind not in "iu":
+                raise ValueError(f"x: expected integer token ids of shape (T, B), got dtype {x.dtype}")
+            if x.shape[0] == 0 or x.shape[1] == 0:
+                raise ValueError(f"x: expected T >= 1 and B >= 1, got shape {tuple(x.shape)}")
+            lo, hi = int(x.min()), int(x.max())
+            if lo < 0 or hi >= self.input_size:
+                raise ValueError(
+                    f"x: expected token ids in [0, {self.input_size}), got values in [{lo}, {hi}]")
+        elif x.ndim == 3:
+            if x.dtype.kind != "f":
+                raise ValueError(f"x: expected float inputs of shape (T, B, I), got dtype {x.dtype}")
+            if x.shape[0] == 0 or x.shape[1] == 0:
+                raise ValueError(f"x: expected T >= 1 and B >= 1, got shape {tuple(x.shape)}")
+            if x.shape[2] != self.input_size:
+                raise ValueError(
+                    f"x: expected shape (T, B, {self.input_size}), got {tuple(x.shape)}")
+            if not bool(self.backend.xp.isfinite(self.backend.asarray(x)).all()):
+                raise ValueError("x: expected finite values, got NaN or inf")
+        else:
+            raise ValueError(
+                f"x: expected token ids (T, B) or floats (T, B, {self.input_size}), "
+                f"got an array of rank {x.ndim} with shape {tuple(x.shape)}")
+        return x
+
+    def _check_y(self, y, T, B):
+        y = self._array("y", y)
+        if y is None:
+            raise ValueError("y: expected targets, got None")
+        if self.output == "softmax":
+            if y.ndim != 2 or y.dtype.kind not in "iu":
+                raise ValueError(
+                    f"y: expected integer class ids of shape ({T}, {B}), "
+                    f"got {y.dtype} array of shape {tuple(y.shape)}")
+            if tuple(y.shape) != (T, B):
+                raise ValueError(f"y: expected shape ({T}, {B}) to match x, got {tuple(y.shape)}")
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= self.output_size:
+                raise ValueError(
+                    f"y: expected class ids in [0, {self.output_size}), got values in [{lo}, {hi}]")
+        else:
+            want = (T, B, self.output_size)
+            if y.ndim != 3 or y.dtype.kind not in "fiub":
+                raise ValueError(f"y: expected floats of shape {want}, got {y.dtype} array "
+                                 f"of shape {tuple(y.shape)}")
+            if tuple(y.shape) != want:
+                raise ValueError(f"y: expected shape {want}, got {tuple(y.shape)}")
+            yb = self.backend.asarray(y, dtype=self.dtype)
+            if not bool(self.backend.xp.isfinite(yb).all()):
+                raise ValueError("y: expected finite values, got NaN or inf")
+            if self.output == "sigmoid" and not bool(((yb >= 0) & (yb <= 1)).all()):
+                raise ValueError("y: expected targets in [0, 1] for output='sigmoid'")
+        return y
+
+    def _check_h0(self, h0, B):
+        h0 = self._array("h0", h0)
+        if h0 is None:
+            return None
+        want = (B, self.hidden_size)
+        if tuple(h0.shape) != want or h0.dtype.kind != "f":
+            raise ValueError(f"h0: expected floats of shape {want}, got {h0.dtype} array "
+                             f"of shape {tuple(h0.shape)}")
+        h0 = self.backend.asarray(h0, dtype=self.dtype)
+        if not bool(self.backend.xp.isfinite(h0).all()):
+            raise ValueError("h0: expected finite values, got NaN or inf")
+        return h0
+
+    def _check_mask(self, mask, T, B):
+        mask = self._array("mask", mask)
+        if mask is None:
+            return None
+        if tuple(mask.shape) != (T, B):
+            raise ValueError(f"mask: expected shape ({T}, {B}) to match x, got {tuple(mask.shape)}")
+        keep = self.backend.asarray(mask, dtype=self.dtype)
+        if not bool(((keep == 0) | (keep == 1)).all()):
+            raise ValueError("mask: expected 0/1 (or boolean) values, got other values")
+        return keep
+
+    @staticmethod
+    def _check_truncate(truncate):
+        if truncate is None:
+            return None
+        if isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)) or truncate < 0:
+            raise ValueError(f"truncate: expected None or an integer >= 0, got {truncate!r}")
+        return int(truncate)
+
+    def _prepare(self, x, y, h0, mask, need_y=True):
+        x = self._check_x(x)
+        T, B = x.shape[:2]
+        y = self._check_y(y, T, B) if need_y else None
+        h0 = self._check_h0(h0, B)
+        keep = self._check_mask(mask, T, B)
+        be = self.backend
+        xb = be.asarray(x) if x.ndim == 2 else be.asarray(x, dtype=self.dtype)
+        if xb.ndim == 3 or not xb.flags.c_contiguous:
+            xb = be.xp.ascontiguousarray(xb)
+        if y is not None:
+            if self.output == "softmax":
+                y = be.xp.ascontiguousarray(be.asarray(y))
+            else:
+                y = be.xp.ascontiguousarray(be.asarray(y, dtype=self.dtype))
+        if keep is not None and bool((keep == 1).all()):
+            keep = None  # an all-ones mask is no mask: take the faster path
+        return xb, y, h0, keep
+
+    # ---------------------------------------------------------------------------------
+
+    def loss_and_grads(self, x, y, h0=None, truncate=None, mask=None):
+        """Summed loss, gradients and last state for one batch of sequences.
+
+        x: token ids (T, B) or floats (T, B, I); y: ids (T, B) for softmax, floats
+        (T, B, O) otherwise; h0: initial state (B, H) or None for zeros (the gradient stops
+        at h0, so chunked truncated BPTT is one call per chunk); truncate: None for full
+        BPTT or k >= 0 (each output's error reaches its own step and at most k earlier
+        ones); mask: (T, B) 0/1, masked steps are skipped (no loss, no gradient, state
+        carried through unchanged). Inputs may be NumPy arrays on either backend.
+
+        Returns (loss: float, grads: dict of backend arrays keyed like `params`,
+        h_last: (B, H) backend array). The gradient arrays are reused by the next call.
+        """
+        truncate = self._check_truncate(truncate)
+        xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
+        return self._engine.loss_and_grads(self.params, xb, yb, h0b, keep, truncate)
+
+    def loss(self, x, y, h0=None, mask=None) -> tuple[float, Any]:
+        """Forward only: (summed loss, last state (B, H))."""
+        xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
+        return self._engine.loss(self.params, xb, yb, h0b, keep)
+
+    def forward(self, x, h0=None, mask=None) -> tuple[Any, Any]:
+        """Logits (T, B, O) before the output nonlinearity, and the last state (B, H)."""
+        xb, _, h0b, keep = self._prepare(x, None, h0, mask, need_y=False)
+        return self._engine.forward(self.params, xb, h0b, keep)
+
+    def step(self, x_t, h=None) -> tuple[Any, Any]:
+        """One time step, for sampling: x_t ids (B,) or floats (B, I) -> (logits (B, O), h)."""
+        x_t = self._array("x_t", x_t)
+        if x_t is None or x_t.ndim not in (1, 2):
+            raise ValueError("x_t: expected ids (B,) or floats (B, I)")
+        logits, h_new = self.forward(x_t[None], h0=h)
+        return logits[0], h_new
+
+    def reference_loss_and_grads(self, x, y, h0=None, truncate=None, mask=None):
+        """The clear float64 reference (rnn_gpu.reference) on this model's parameters.
+
+        Returns (loss, grads as float64 NumPy arrays, h_last as a NumPy array).
+        """
+        truncate = self._check_truncate(truncate)
+        xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
+        return reference.loss_and_grads(
+            {k: to_numpy(v) for k, v in self.params.items()}, to_numpy(xb), to_numpy(yb),
+            h0=None if h0b is None else to_numpy(h0b), truncate=truncate,
+            mask=None if keep is None else to_numpy(keep),
+            hidden_activation=self.hidden_activation, output=self.output)
