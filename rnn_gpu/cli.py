@@ -1,0 +1,282 @@
+"""The ``rnn-gpu`` command line: train, sample, gradcheck, info, bench.
+
+``main(argv)`` returns the exit status. Problems with the user's input (files, options,
+checkpoints) print one line, ``rnn-gpu: error: ...``, on stderr and return non-zero:
+2 for bad input, 3 when training diverged, 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Sequence
+
+from .errors import RnnGpuError
+
+TRAIN_HELP = """\
+Train a language model. With no options: a character model of the documentation every
+CPython ships (pydoc_data.topics), for 60 s, on the GPU when one is usable.
+Validation runs at the end of every epoch (and every --eval-every steps); each
+evaluation writes the checkpoint (--out) atomically."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and the usual status 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .train import DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET, TrainConfig  # noqa: PLC0415
+
+    d = TrainConfig()
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="PATH", help="UTF-8 text file (default: the built-in corpus)")
+    g.add_argument("--valid", metavar="PATH", help="validation text (default: split off --valid-fraction)")
+    g.add_argument("--valid-fraction", type=float, metavar="F",
+                   help=f"last fraction of --data used for validation (default {d.valid_fraction})")
+    g.add_argument("--level", choices=("char", "word"), help="tokens: characters or words (default char)")
+    g.add_argument("--vocab-size", type=int, metavar="N",
+                   help=f"word level: vocabulary cap incl. <unk>, <eos> (default {d.vocab_size})")
+    g = p.add_argument_group("model")
+    g.add_argument("--hidden", type=int, metavar="H", help=f"hidden units (default {d.hidden})")
+    g.add_argument("--activation", choices=("tanh", "sigmoid", "relu"), help="hidden nonlinearity (default tanh)")
+    g.add_argument("--dtype", choices=("float32", "float64"), help="parameter dtype (default float32)")
+    g.add_argument("--backend", choices=("auto", "numpy", "cupy"), help="array backend (default auto)")
+    g.add_argument("--seed", type=int, help=f"seed for initialization and sampling (default {d.seed})")
+    g = p.add_argument_group("truncated BPTT")
+    g.add_argument("--batch-size", type=int, metavar="B", help=f"parallel streams (default {d.batch_size})")
+    g.add_argument("--bptt", type=int, metavar="T",
+                   help=f"chunk length; the state carries over between chunks (default {d.bptt})")
+    g.add_argument("--truncate", type=int, metavar="K",
+                   help="per-output BPTT window inside a chunk (default: the whole chunk)")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--optimizer", choices=("sgd", "adagrad", "adam"), help="default adam")
+    g.add_argument("--lr", type=float, help="learning rate (default: adam 2e-3, adagrad 0.1, sgd 1.0)")
+    g.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
+    g.add_argument("--clip", type=float,
+                   help=f"clip the global gradient norm to this; 0 = off (default {d.clip})")
+    g.add_argument("--schedule", choices=("constant", "plateau", "mikolov"),
+                   help="learning-rate schedule (default constant): plateau = divide by 4 when "
+                   "validation does not improve; mikolov = restore on regression, halve "
+                   "after a plateau, stop at the next")
+    g.add_argument("--min-improvement", type=float, metavar="R",
+                   help=f"mikolov: improvement ratio that counts as progress (default {d.min_improvement})")
+    g = p.add_argument_group("stopping and evaluation")
+    g.add_argument("--epochs", type=int, help="stop after this many epochs")
+    g.add_argument("--max-steps", type=int, metavar="N", help="stop after this many steps in total")
+    g.add_argument("--time-budget", type=float, metavar="S",
+                   help=f"stop after S seconds (default {DEFAULT_TIME_BUDGET:g} when no other "
+                   "stopping option is given)")
+    g.add_argument("--eval-every", type=int, metavar="N", help="also evaluate every N steps")
+    g.add_argument("--explode-threshold", type=float, metavar="X",
+                   help=f"stop when the training loss exceeds X * log(vocab size) (default {d.explode_threshold:g})")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", metavar="PATH", help=f"checkpoint file (default {DEFAULT_CHECKPOINT})")
+    g.add_argument("--resume", nargs="?", const=True, metavar="CHECKPOINT",
+                   help="continue the run saved in CHECKPOINT (default: --out)")
+    g.add_argument("--plot", metavar="PATH.png", help="write training/validation curves (needs matplotlib)")
+    g.add_argument("--sample-length", type=int, metavar="N",
+                   help=f"characters/words to sample at the end; 0 = none (default {d.sample_length})")
+    g.add_argument("--sample-temperature", type=float, metavar="T",
+                   help=f"temperature of that sample (default {d.sample_temperature})")
+    g.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__  # noqa: PLC0415
+
+    p = _Parser(prog="rnn-gpu", description="Elman RNNs trained with exact BPTT, on a GPU (CuPy) or CPU (NumPy).")
+    p.add_argument("--version", action="version", version=f"rnn-gpu {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a language model", description=TRAIN_HELP,
+                       argument_default=argparse.SUPPRESS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_train_arguments(t)
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint",
+                       description="Generate text from a trained checkpoint.")
+    s.add_argument("checkpoint", metavar="CHECKPOINT")
+    s.add_argument("--length", type=int, default=200, help="tokens to generate (default 200)")
+    s.add_argument("--temperature", type=float, default=1.0, help="0 = always the most likely token (default 1.0)")
+    s.add_argument("--prime", default="", help="text to start from")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    s.set_defaults(func=cmd_sample)
+
+    g = sub.add_parser("gradcheck", help="check BPTT gradients against finite differences",
+                       description="Check the engine's gradients against central differences "
+                       "on small random float64 models, for every activation, output and truncation.")
+    g.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--tolerance", type=float, default=1e-6, help="largest relative error accepted (default 1e-6)")
+    g.set_defaults(func=cmd_gradcheck)
+
+    i = sub.add_parser("info", help="versions, backend and devices")
+    i.set_defaults(func=cmd_info)
+
+    # Its options belong to rnn_gpu.bench and are parsed there (see _run_bench).
+    sub.add_parser("bench", help="benchmarks (rnn-gpu bench --help)", add_help=False)
+    return p
+
+
+# -------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import DEFAULT_CHECKPOINT, TrainConfig, Trainer  # noqa: PLC0415
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    opts = {k: v for k, v in vars(args).items() if k in names}
+    progress = False if getattr(args, "no_progress", False) else None
+    resume = getattr(args, "resume", None)
+    if resume:
+        path = opts.get("out", DEFAULT_CHECKPOINT) if resume is True else resume
+        trainer = Trainer.from_checkpoint(path, progress=progress, **opts)
+    else:
+        trainer = Trainer(TrainConfig(**opts), progress=progress)
+    trainer.fit()
+    cfg = trainer.config
+    if cfg.sample_length:
+        text = trainer.sample(cfg.sample_length, temperature=cfg.sample_temperature)
+        trainer.console.rule("sample", style="dim")
+        trainer.console.print(text, markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint  # noqa: PLC0415
+    from .errors import CheckpointError  # noqa: PLC0415
+    from .sample import sample  # noqa: PLC0415
+
+    ck = load_checkpoint(args.checkpoint, backend=args.backend)
+    if ck.vocab is None:
+        raise CheckpointError(f"checkpoint {args.checkpoint} has no vocabulary; it cannot be sampled")
+    text = sample(ck.model, ck.vocab, args.length, prime=args.prime,
+                  temperature=args.temperature, seed=args.seed)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def gradcheck_cases():
+    """(activation, output, truncate) for every combination the engine offers."""
+    from .reference import ACTIVATIONS, OUTPUTS  # noqa: PLC0415
+
+    return [(a, o, t) for a in ACTIVATIONS for o in OUTPUTS for t in (None, 2)]
+
+
+def run_gradchecks(backend: str = "auto", seed: int = 0) -> list[dict]:
+    """Gradient check of a small random float64 model per case; one row per case."""
+    import numpy as np  # noqa: PLC0415
+
+    from . import RNN, gradcheck  # noqa: PLC0415
+
+    I, H, O, T, B = 5, 4, 3, 6, 2
+    rows = []
+    for k, (act, out, trunc) in enumerate(gradcheck_cases()):
+        rng = np.random.default_rng(seed + k)
+        m = RNN(I, H, O, backend=backend, dtype="float64", seed=seed + k,
+                hidden_activation=act, output=out)
+        for v in m.params.values():  # non-zero biases and larger weights exercise every term
+            v[...] = m.backend.asarray(rng.uniform(-0.6, 0.6, size=v.shape))
+        x = rng.integers(0, I, size=(T, B))
+        if out == "softmax":
+            y = rng.integers(0, O, size=(T, B))
+        elif out == "sigmoid":
+            y = rng.uniform(0, 1, size=(T, B, O))
+        else:
+            y = rng.normal(size=(T, B, O))
+        h0 = rng.uniform(-0.5, 0.5, size=(B, H))
+        errs = gradcheck(m, x, y, h0=h0, truncate=trunc)
+        rows.append({"activation": act, "output": out, "truncate": trunc, **errs,
+                     "max": max(errs.values())})
+    return rows
+
+
+def cmd_gradcheck(args: argparse.Namespace) -> int:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from .backend import get_backend  # noqa: PLC0415
+
+    be = get_backend(args.backend)
+    rows = run_gradchecks(be.name, args.seed)
+    names = ("U", "W", "V", "b", "c")
+    table = Table(title=f"gradient check, float64, backend {be.name}: max relative error "
+                  "(analytic vs central differences)")
+    for col in ("activation", "output", "truncate", *names, "result"):
+        table.add_column(col, justify="left" if col in ("activation", "output") else "right")
+    failed = 0
+    for r in rows:
+        ok = r["max"] <= args.tolerance
+        failed += not ok
+        table.add_row(r["activation"], r["output"], "-" if r["truncate"] is None else str(r["truncate"]),
+                      *(f"{r[n]:.1e}" for n in names), "ok" if ok else "FAIL")
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(f"{len(rows) - failed} of {len(rows)} cases within {args.tolerance:g}")
+    return 1 if failed else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from .backend import describe  # noqa: PLC0415
+
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in describe().items():
+        table.add_row(k, str(v))
+    Console(highlight=False).print(table)
+    return 0
+
+
+def _run_bench(argv: list[str]) -> int:
+    try:
+        import rnn_gpu.bench as bench  # noqa: PLC0415
+    except ModuleNotFoundError as e:
+        if e.name != "rnn_gpu.bench":
+            raise
+        raise RnnGpuError("the bench subcommand is not available in this installation "
+                          "(module rnn_gpu.bench is missing)") from None
+    p = _Parser(prog="rnn-gpu bench", description=(bench.__doc__ or "").strip().split("\n")[0])
+    bench.add_arguments(p)
+    return int(bench.run(p.parse_args(argv)) or 0)
+
+
+# -------------------------------------------------------------------------------------
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split("\n")).strip()
+    return msg or type(e).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "bench":
+            return _run_bench(argv[1:])
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except SystemExit as e:  # argparse: --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except RnnGpuError as e:
+        print(f"rnn-gpu: error: {_one_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("rnn-gpu: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError, MemoryError) as e:
+        # Bad values the engine rejects (ValueError naming the argument), unusable
+        # backends (RuntimeError), file-system problems (OSError).
+        print(f"rnn-gpu: error: {_one_line(e)}", file=sys.stderr)
+        return 1
