@@ -176,10 +176,12 @@ def load_checkpoint(path: str | Path, backend="auto", *, with_model: bool = True
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory, expected an .npz file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f:  # our own handle: closed even when np.load fails
+            z = np.load(f, allow_pickle=False)
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise CheckpointError(f"{path} is a single .npy array, not an rnn-gpu checkpoint")
-            arrays = {k: z[k] for k in z.files}
+            with z:
+                arrays = {k: z[k] for k in z.files}
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
