@@ -1,0 +1,90 @@
+// rnn_embed.cu -- token inputs and bias gradients.
+//
+// Kernels (suffix _f32: float, _f64: double; _i32 / _i64: type of the token ids):
+//   rnn_embed_gather_{f32,f64}_{i32,i64}
+//       out[n, :] = UT[ids[n], :] + bias: the input projection U x_t for one-hot x_t as a
+//       row gather of U^T (no one-hot product), fused with the add of the bias b.
+//   rnn_embed_scatter_add_{f32,f64}_{i32,i64}
+//       dUT[ids[n], :] += dz[n, :] with atomicAdd (double atomicAdd needs sm_60+), so
+//       repeated ids add up. The order of the adds to one entry is not fixed: dU can
+//       differ from run to run in the last bits when ids repeat.
+//   rnn_bias_grad_{f32,f64}
+//       out[h] = sum_n dz[n, h]: column sums for db and dc. A block owns BIAS_COLS columns;
+//       its BIAS_ROWS rows of threads stride over n (coalesced), then one thread per column
+//       adds the BIAS_ROWS partial sums in a fixed order: deterministic.
+//
+// NumPy twins: rnn_gpu.kernels.embed_gather, embed_scatter_add, bias_grad.
+
+#ifndef ELEM_BLOCK
+#define ELEM_BLOCK 256  // threads per block for gather and scatter
+#endif
+#ifndef BIAS_COLS
+#define BIAS_COLS 32  // columns per block (threadIdx.x)
+#endif
+#ifndef BIAS_ROWS
+#define BIAS_ROWS 16  // rows of threads per block (threadIdx.y)
+#endif
+
+template <typename T, typename I>
+__device__ void embed_gather(const T* UT, const I* ids, const T* bias, T* out, long long n,
+                             int H) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const long long row = i / H;
+        const int h = (int)(i - row * H);
+        out[i] = UT[(long long)ids[row] * H + h] + bias[h];
+    }
+}
+
+template <typename T, typename I>
+__device__ void embed_scatter_add(T* dUT, const I* ids, const T* dz, long long n, int H) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const long long row = i / H;
+        const int h = (int)(i - row * H);
+        atomicAdd(dUT + ((long long)ids[row] * H + h), dz[i]);
+    }
+}
+
+template <typename T>
+__device__ void bias_grad(const T* dz, T* out, int N, int H) {
+    __shared__ T part[BIAS_ROWS][BIAS_COLS + 1];
+    const int h = blockIdx.x * BIAS_COLS + threadIdx.x;
+    T s = T(0);
+    if (h < H) {
+        for (int n = threadIdx.y; n < N; n += BIAS_ROWS) s += dz[(long long)n * H + h];
+    }
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && h < H) {
+        T t = part[0][threadIdx.x];
+        for (int r = 1; r < BIAS_ROWS; ++r) t += part[r][threadIdx.x];
+        out[h] = t;
+    }
+}
+
+#define RNN_EMBED(SUFFIX, T, I)                                                              \
+    extern "C" __global__ void __launch_bounds__(ELEM_BLOCK)                                 \
+    rnn_embed_gather_##SUFFIX(const T* UT, const I* ids, const T* bias, T* out, long long n, \
+                              int H) {                                                      \
+        embed_gather<T, I>(UT, ids, bias, out, n, H);                                       \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(ELEM_BLOCK)                                 \
+    rnn_embed_scatter_add_##SUFFIX(T* dUT, const I* ids, const T* dz, long long n, int H) {  \
+        embed_scatter_add<T, I>(dUT, ids, dz, n, H);                                        \
+    }
+
+RNN_EMBED(f32_i32, float, int)
+RNN_EMBED(f32_i64, float, long long)
+RNN_EMBED(f64_i32, double, int)
+RNN_EMBED(f64_i64, double, long long)
+
+extern "C" __global__ void __launch_bounds__(BIAS_COLS * BIAS_ROWS)
+rnn_bias_grad_f32(const float* dz, float* out, int N, int H) {
+    bias_grad<float>(dz, out, N, H);
+}
+
+extern "C" __global__ void __launch_bounds__(BIAS_COLS * BIAS_ROWS)
+rnn_bias_grad_f64(const double* dz, double* out, int N, int H) {
+    bias_grad<double>(dz, out, N, H);
+}

@@ -1,0 +1,56 @@
+// rnn_forward.cu -- the forward recurrence's pointwise step.
+//
+// Kernels (suffix _f32: float, _f64: double):
+//   rnn_act_forward_f32 / rnn_act_forward_f64
+//       a <- f(a) in place (f = tanh, sigmoid or relu), and rows whose keep is 0 take
+//       h_prev instead. Fuses the activation with the mask select; it runs right after
+//       the recurrent GEMM, which cuBLAS accumulates (beta = 1) onto U x_t + b.
+//
+// Layout: a, h_prev (B, H) row-major; keep (B,) 0/1 or unused when has_keep == 0.
+// NumPy twin: rnn_gpu.kernels.act_forward. Compiles on its own (nvcc -ptx) and with NVRTC.
+
+#ifndef ELEM_BLOCK
+#define ELEM_BLOCK 256  // threads per block; the launcher passes the same value
+#endif
+
+#define RNN_ACT_TANH 0
+#define RNN_ACT_SIGMOID 1
+#define RNN_ACT_RELU 2
+
+__device__ __forceinline__ float rnn_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double rnn_tanh(double x) { return tanh(x); }
+
+// The same formulas as the twin: sigmoid as (1 + tanh(a/2)) / 2 never overflows.
+template <typename T>
+__device__ __forceinline__ T rnn_act(T a, int act) {
+    if (act == RNN_ACT_TANH) return rnn_tanh(a);
+    if (act == RNN_ACT_SIGMOID) return T(0.5) * (T(1) + rnn_tanh(T(0.5) * a));
+    return a > T(0) ? a : T(0);  // relu
+}
+
+template <typename T>
+__device__ void act_forward(T* a, const T* h_prev, const T* keep, int has_keep,
+                            int n, int H, int act) {
+    // 32-bit unsigned indices (n < 2^31, checked by the launcher): i + stride cannot wrap,
+    // and i / H is a cheap 32-bit division.
+    const unsigned stride = gridDim.x * blockDim.x;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)n; i += stride) {
+        if (has_keep && keep[i / H] == T(0)) {
+            a[i] = h_prev[i];
+        } else {
+            a[i] = rnn_act(a[i], act);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ELEM_BLOCK)
+rnn_act_forward_f32(float* a, const float* h_prev, const float* keep, int has_keep,
+                    int n, int H, int act) {
+    act_forward<float>(a, h_prev, keep, has_keep, n, H, act);
+}
+
+extern "C" __global__ void __launch_bounds__(ELEM_BLOCK)
+rnn_act_forward_f64(double* a, const double* h_prev, const double* keep, int has_keep,
+                    int n, int H, int act) {
+    act_forward<double>(a, h_prev, keep, has_keep, n, H, act);
+}
