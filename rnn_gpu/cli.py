@@ -199,6 +199,7 @@ def run_gradchecks(backend: str = "auto", seed: int = 0) -> list[dict]:
 
 
 def cmd_gradcheck(args: argparse.Namespace) -> int:
+    from rich import box  # noqa: PLC0415
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
@@ -207,10 +208,11 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     be = get_backend(args.backend)
     rows = run_gradchecks(be.name, args.seed)
     names = ("U", "W", "V", "b", "c")
-    table = Table(title=f"gradient check, float64, backend {be.name}: max relative error "
-                  "(analytic vs central differences)")
+    table = Table(title=f"gradient check (float64, {be.name}): max relative error, "
+                  "BPTT vs central differences", box=box.SIMPLE_HEAD)
     for col in ("activation", "output", "truncate", *names, "result"):
-        table.add_column(col, justify="left" if col in ("activation", "output") else "right")
+        table.add_column(col, justify="left" if col in ("activation", "output") else "right",
+                         no_wrap=True)
     failed = 0
     for r in rows:
         ok = r["max"] <= args.tolerance
@@ -218,6 +220,8 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
         table.add_row(r["activation"], r["output"], "-" if r["truncate"] is None else str(r["truncate"]),
                       *(f"{r[n]:.1e}" for n in names), "ok" if ok else "FAIL")
     console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=100)
     console.print(table)
     console.print(f"{len(rows) - failed} of {len(rows)} cases within {args.tolerance:g}")
     return 1 if failed else 0

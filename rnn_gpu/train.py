@@ -171,7 +171,7 @@ class TrainResult:
     steps: int  # optimizer steps so far, including those before a resume
     epochs: int  # completed epochs
     tokens: int  # training tokens seen in this call
-    seconds: float  # wall time of this call
+    seconds: float  # wall time of this call's training (scheduled evaluations included)
     tokens_per_s: float
     val_loss: float  # mean validation cross-entropy per token (nats) at the end
     val_ppl: float
@@ -501,6 +501,7 @@ class Trainer:
                                      progress=progress, end_of_epoch=end_of_epoch)
                     loss_sum, loss_tok = 0.0, 0
                     last_eval_step = self.step
+            seconds = time.perf_counter() - start  # training time, without the closing evaluation
             if last_eval_step != self.step or not self.history:
                 train_loss = loss_sum / loss_tok if loss_tok else (
                     self.history[-1]["train_loss"] if self.history else float("nan"))
@@ -509,8 +510,7 @@ class Trainer:
             if progress is not None:
                 progress.stop()
             restore_sig()
-        seconds = time.perf_counter() - start
-        self.elapsed += seconds
+        self.elapsed += time.perf_counter() - start
         self._fit_start = None
         last = self.history[-1]
         result = TrainResult(
@@ -583,7 +583,7 @@ class Trainer:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
         progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("[bold]train"), BarColumn(bar_width=16), TextColumn("{task.percentage:>3.0f}%"),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
             console=self.console, transient=True,
         )
@@ -608,8 +608,8 @@ class Trainer:
         else:
             done = now
         stats = (
-            f"step {self.step} | {tokens_here / max(now, 1e-9):,.0f} tok/s | loss {train_loss:.3f} | "
-            f"ppl {perplexity(train_loss):.2f} | lr {self.optimizer.lr:.2e}"
+            f"step {self.step} | {tokens_here / max(now, 1e-9) / 1e3:.1f}k tok/s | "
+            f"loss {train_loss:.3f} | ppl {perplexity(train_loss):.2f} | lr {self.optimizer.lr:.1e}"
         )
         progress.update(task, completed=done, stats=stats)
 

@@ -1,0 +1,198 @@
+"""Convergence at equal wall time: rnn-gpu's Trainer against PyTorch on the CPU.
+
+Both train a character-level Elman RNN language model (hidden 256, batch 32, bptt 64,
+Adam lr 2e-3, global gradient-norm clip 5) on the same split of the same text, for the
+same wall-clock budget, with the same number of CPU threads, and evaluate on the same
+validation text at the end of every epoch and once more when the budget is spent. The
+figure of merit is the validation perplexity reached; tokens/s is reported beside it.
+
+PyTorch's model is the one its users would write: ``nn.Embedding`` + ``nn.RNN(tanh)`` +
+``nn.Linear``, mean cross-entropy, ``clip_grad_norm_``, hidden state detached between
+chunks (the same truncated BPTT). It runs only when torch imports.
+
+    python bench/convergence.py --data ../shared/data/tinyshakespeare.txt --budget 300
+
+Prints one JSON line per run and appends it to --out (bench/results/convergence.jsonl).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="UTF-8 text, e.g. tinyshakespeare.txt")
+    p.add_argument("--budget", type=float, default=300.0, help="wall-clock seconds per run (default 300)")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--bptt", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--clip", type=float, default=5.0)
+    p.add_argument("--valid-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for both (default: all)")
+    p.add_argument("--only", choices=("rnn-gpu", "torch", "both"), default="both")
+    p.add_argument("--backend", default="numpy", help="rnn-gpu backend (default numpy: the CPU comparison)")
+    p.add_argument("--out", default=str(HERE / "results" / "convergence.jsonl"))
+    return p.parse_args(argv)
+
+
+def record(args, impl: str, **fields) -> dict:
+    from rnn_gpu.backend import describe
+
+    info = describe()
+    return {
+        "bench": "convergence", "impl": impl, "data": Path(args.data).name,
+        "budget_s": args.budget, "hidden": args.hidden, "batch_size": args.batch_size,
+        "bptt": args.bptt, "lr": args.lr, "clip": args.clip, "threads": args.threads,
+        **fields, "cpu": info.get("cpu"), "numpy": info.get("numpy"), "blas": info.get("blas"),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def run_rnn_gpu(args) -> dict:
+    from rich.console import Console
+
+    from rnn_gpu.train import TrainConfig, Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(
+            data=args.data, valid_fraction=args.valid_fraction, level="char", hidden=args.hidden,
+            batch_size=args.batch_size, bptt=args.bptt, optimizer="adam", lr=args.lr,
+            clip=args.clip, time_budget=args.budget, seed=args.seed, backend=args.backend,
+            out=str(Path(tmp) / "ck.npz"), sample_length=0,
+        )
+        trainer = Trainer(cfg, console=Console(file=sys.stderr, highlight=False), progress=False)
+        res = trainer.fit()
+        sample = trainer.sample(200, temperature=0.8, seed=0)
+    return record(
+        args, "rnn-gpu", backend=trainer.model.backend.name, val_ppl=round(res.val_ppl, 4),
+        val_loss=round(res.val_loss, 5), best_val_ppl=round(res.best_val_ppl, 4),
+        tokens_per_s=round(res.tokens_per_s), steps=res.steps, epochs=res.epochs,
+        train_seconds=round(res.seconds, 1),
+        curve=[(r["time"], round(r["val_ppl"], 3)) for r in res.history], sample=sample,
+    )
+
+
+def run_torch(args) -> dict:
+    import torch
+    from torch import nn
+
+    from rnn_gpu.data import batchify, get_chunk, load_corpus, n_chunks
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    corpus = load_corpus(args.data, valid_fraction=args.valid_fraction, level="char")
+    V, H = len(corpus.vocab), args.hidden
+    train = torch.from_numpy(batchify(corpus.train, args.batch_size).astype(np.int64))
+    eval_b = max(1, min(args.batch_size, len(corpus.valid) // (args.bptt + 1)))
+    valid = torch.from_numpy(batchify(corpus.valid, eval_b).astype(np.int64))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(V, H)
+            self.rnn = nn.RNN(H, H, nonlinearity="tanh")
+            self.out = nn.Linear(H, V)
+
+        def forward(self, x, h):
+            y, h = self.rnn(self.emb(x), h)
+            return self.out(y), h
+
+    model = Model()
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def evaluate() -> float:
+        model.eval()
+        total, count, h = 0.0, 0, torch.zeros(1, eval_b, H)
+        with torch.no_grad():
+            for k in range(n_chunks(valid.shape[0], args.bptt)):
+                x, y = get_chunk(valid, k * args.bptt, args.bptt)
+                logits, h = model(x, h)
+                total += float(nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1),
+                                                           reduction="sum"))
+                count += y.numel()
+        model.train()
+        return total / count
+
+    per_epoch = n_chunks(train.shape[0], args.bptt)
+    steps = epochs = tokens = 0
+    curve = []
+    start = time.perf_counter()
+    h = torch.zeros(1, args.batch_size, H)
+    k = 0
+    while time.perf_counter() - start < args.budget:
+        x, y = get_chunk(train, k * args.bptt, args.bptt)
+        h = h.detach()
+        logits, h = model(x, h)
+        loss = loss_fn(logits.reshape(-1, V), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        opt.step()
+        steps += 1
+        tokens += y.numel()
+        k += 1
+        if k >= per_epoch:
+            k, epochs = 0, epochs + 1
+            h = torch.zeros(1, args.batch_size, H)
+            vl = evaluate()
+            curve.append((round(time.perf_counter() - start, 3), round(math.exp(vl), 3)))
+            print(f"torch: end of epoch {epochs} | valid ppl {math.exp(vl):.3f} | "
+                  f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    seconds = time.perf_counter() - start
+    vl = evaluate()
+    curve.append((round(time.perf_counter() - start, 3), round(math.exp(vl), 3)))
+    print(f"torch: stopped | valid ppl {math.exp(vl):.3f} | {tokens / seconds:,.0f} tokens/s",
+          file=sys.stderr)
+    return record(
+        args, "pytorch", torch=torch.__version__, val_ppl=round(math.exp(vl), 4),
+        val_loss=round(vl, 5), best_val_ppl=round(min(c[1] for c in curve), 4),
+        tokens_per_s=round(tokens / seconds), steps=steps, epochs=epochs,
+        train_seconds=round(seconds, 1), curve=curve,
+    )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not Path(args.data).is_file():
+        print(f"convergence: error: data file not found: {args.data}", file=sys.stderr)
+        return 2
+    runs = []
+    if args.only in ("rnn-gpu", "both"):
+        runs.append(run_rnn_gpu(args))
+    if args.only in ("torch", "both"):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("convergence: torch is not installed; PyTorch run skipped", file=sys.stderr)
+        else:
+            runs.append(run_torch(args))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a", encoding="utf-8") as f:
+        for r in runs:
+            line = json.dumps(r, ensure_ascii=False)
+            print(line)
+            f.write(line + "\n")
+    if len(runs) == 2:
+        a, b = runs
+        print(f"\nvalidation perplexity after {args.budget:g} s: rnn-gpu {a['val_ppl']:.3f} "
+              f"({a['tokens_per_s']:,} tokens/s) vs PyTorch {b['val_ppl']:.3f} "
+              f"({b['tokens_per_s']:,} tokens/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
