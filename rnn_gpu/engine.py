@@ -33,8 +33,7 @@ class Workspace:
         self.loss = e(N)  # loss per token
         self.scratch = e(B, H)
         self.carry = e(B, H)
-        self.UT = None if dense else e(I, H)  # U transposed, for the row gather
-        self.dUT = None if dense else e(I, H)
+        self.UT = None  # a C-contiguous U^T, only if params["U"] is not stored that way
         if L > 1:
             self.G = e(L, B, H)
             self.dz_all = e(L, B, H)
@@ -60,8 +59,10 @@ class Engine:
         self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
         I, H, O = sizes
         xp = self.xp
+        # dU is stored transposed, (I, H) C-contiguous, like the model's U: the token
+        # scatter-add then writes whole rows, and no transpose is ever copied.
         self.grads = {
-            "U": xp.empty((H, I), dtype=dtype), "W": xp.empty((H, H), dtype=dtype),
+            "U": xp.empty((I, H), dtype=dtype).T, "W": xp.empty((H, H), dtype=dtype),
             "V": xp.empty((O, H), dtype=dtype), "b": xp.empty((H,), dtype=dtype),
             "c": xp.empty((O,), dtype=dtype),
         }
@@ -89,8 +90,13 @@ class Engine:
         S = ws.S
         S1 = S[1:].reshape(N, H)
         if x.ndim == 2:  # token ids: a row gather of U^T, never a one-hot product
-            xp.copyto(ws.UT, U.T)
-            ops.embed_gather(ws.UT, x.reshape(N), b, S1)
+            UT = U.T
+            if not UT.flags.c_contiguous:  # U was replaced by a C-ordered array
+                if ws.UT is None:
+                    ws.UT = xp.empty(UT.shape, dtype=self.dtype)
+                xp.copyto(ws.UT, UT)
+                UT = ws.UT
+            ops.embed_gather(UT, x.reshape(N), b, S1)
         else:
             xp.matmul(x.reshape(N, -1), U.T, out=S1)
             S1 += b
@@ -150,12 +156,12 @@ class Engine:
         DZ = E.reshape(N, H)  # dL/d(pre-activation) for every step
         ops.outer_accum(g["W"], DZ, S[:-1].reshape(N, H), False)  # dW = sum_t dz_t s_{t-1}^T
         ops.bias_grad(DZ, g["b"])
+        dUT = g["U"].T  # (I, H), C-contiguous
         if x.ndim == 2:
-            ws.dUT.fill(0)
-            ops.embed_scatter_add(ws.dUT, x.reshape(N), DZ)
-            xp.copyto(g["U"], ws.dUT.T)
+            dUT.fill(0)
+            ops.embed_scatter_add(dUT, x.reshape(N), DZ)
         else:
-            ops.outer_accum(g["U"], DZ, x.reshape(N, -1), False)  # dU = sum_t dz_t x_t^T
+            ops.outer_accum(dUT, x.reshape(N, -1), DZ, False)  # dU^T = sum_t x_t dz_t^T
 
     # ---------------------------------------------------------------------------------
 

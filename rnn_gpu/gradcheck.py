@@ -57,17 +57,16 @@ def gradcheck(model, x, y, h0=None, truncate=None, mask=None, *, eps: float = 1e
         idx = np.arange(n) if max_checks is None or max_checks >= n else \
             rng.choice(n, size=max_checks, replace=False)
         num = np.empty(len(idx))
-        flat = param.reshape(-1)  # a view: nudging it nudges the model
         for j, i in enumerate(idx):
-            i = int(i)
-            old = float(flat[i])
-            flat[i] = old + eps
+            at = np.unravel_index(int(i), host.shape)  # works for any memory layout
+            old = float(param[at])
+            param[at] = old + eps
             lp = objective()
-            flat[i] = old - eps
+            param[at] = old - eps
             lm = objective()
-            flat[i] = old
+            param[at] = old
             num[j] = (lp - lm) / (2 * eps)
-        a = analytic[name].reshape(-1)[idx]
+        a = analytic[name].reshape(-1)[idx]  # C-order flat index, as unravel_index
         scale = max(np.abs(a).max(initial=0.0), np.abs(num).max(initial=0.0))
         errors[name] = 0.0 if scale == 0 else float(np.abs(a - num).max() / scale)
     return errors

@@ -12,6 +12,8 @@ Outputs are written in place into the arrays passed.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -83,7 +85,7 @@ def trunc_delta_step(G, s, keep, dz_all, dz_sum, act: str) -> None:
     dz_sum: (B, H) out: dz_all summed over streams (what step j contributes to dW, dU, db)
     With a mask, G is overwritten with G * (1 - keep) (the pass-through part).
     """
-    fp = np.empty_like(s)
+    fp = dz_sum  # f'(s) goes in the output's storage until the sum overwrites it
     _act_grad(s, act, fp)
     if keep is not None:
         fp *= keep[:, None]
@@ -98,7 +100,12 @@ def softmax_xent(logits, y, keep, loss) -> None:
 
     logits: (N, O) in: z; out: dL/dz = softmax(z) - onehot(y), times keep
     y: (N,) int ids; loss: (N,) out: logsumexp(z) - z_y, times keep
+    Large inputs are split by rows over the CPU's cores (NumPy releases the GIL).
     """
+    _split_rows(_softmax_xent_rows, logits, y, keep, loss)
+
+
+def _softmax_xent_rows(logits, y, keep, loss) -> None:
     rows = np.arange(logits.shape[0])
     zmax = logits.max(axis=1)
     zy = logits[rows, y] - zmax
@@ -111,6 +118,38 @@ def softmax_xent(logits, y, keep, loss) -> None:
     if keep is not None:
         loss *= keep
         logits *= keep[:, None]
+
+
+_POOL = None
+_PARALLEL_MIN = 1 << 20  # elements; below this a thread hand-off costs more than it saves
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _split_rows(fn, a, *rest) -> None:
+    """Run fn(a, *rest) over row ranges in parallel threads when `a` is large.
+
+    Every argument that is an array with a.shape[0] rows is sliced alike; None passes.
+    """
+    global _POOL
+    n = a.shape[0]
+    parts = min(_cores(), n)
+    if a.size < _PARALLEL_MIN or parts < 2:
+        fn(a, *rest)
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="rnn_gpu")
+    cuts = [n * i // parts for i in range(parts + 1)]
+    sl = lambda v, i: v[cuts[i]:cuts[i + 1]] if v is not None else None  # noqa: E731
+    futures = [_POOL.submit(fn, sl(a, i), *(sl(v, i) for v in rest)) for i in range(1, parts)]
+    fn(sl(a, 0), *(sl(v, 0) for v in rest))
+    for f in futures:
+        f.result()
 
 
 def sigmoid_bce(logits, d, keep, loss) -> None:
@@ -169,7 +208,22 @@ def embed_scatter_add(dUT, ids, dz) -> None:
 
     dUT: (I, H) the transpose of dU; ids: (N,) int; dz: (N, H)
     """
-    np.add.at(dUT, ids, dz)
+    n = ids.shape[0]
+    if n == 0:
+        return
+    order = np.argsort(ids, kind="stable")
+    sid = ids[order]
+    starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
+    if 2 * len(starts) > n:  # mostly distinct ids: one flat scatter-add over all elements
+        H = dz.shape[1]
+        flat = (ids[:, None] * H + np.arange(H)).reshape(-1)
+        np.add.at(dUT.reshape(-1), flat, dz.reshape(-1))
+        return
+    # many repeats: sum each id's rows as one contiguous block after a stable sort
+    d = dz[order]
+    bounds = np.append(starts, n)
+    for i in range(len(starts)):
+        dUT[sid[starts[i]]] += d[bounds[i]:bounds[i + 1]].sum(axis=0)
 
 
 def bias_grad(dz, out) -> None:

@@ -71,6 +71,10 @@ class RNN:
             k: self.backend.asarray(np.ascontiguousarray(v, dtype=self.dtype))
             for k, v in host.items()
         }
+        # U is stored as U^T (I, H) in C order and exposed as its (H, I) view: the token
+        # gather then reads whole rows and never copies a transpose.
+        self.params["U"] = self.backend.asarray(
+            np.ascontiguousarray(host["U"].T, dtype=self.dtype)).T
         self._engine = Engine(self.backend, self.dtype, (I, H, O), hidden_activation, output)
 
     # ---------------------------------------------------------------------------------
