@@ -322,6 +322,8 @@ def measure_peaks(ctx: Context, backend: Backend, dtype: str) -> dict:
 def kernel_versions(spec: _kernels.KernelSpec, backend: Backend) -> dict[str, Callable]:
     """The versions of a kernel timed on `backend`: the CUDA ones on a GPU, the twin on a CPU."""
     if backend.is_gpu:
+        from . import cuda_ops  # noqa: F401, PLC0415 - fills REGISTRY[...].cupy_versions
+
         return dict(spec.cupy_versions)
     return {"numpy": spec.twin}
 
@@ -464,30 +466,28 @@ def _ours(backend: Backend, model, x, y) -> Impl:
 
 
 def _graphed(backend: Backend, model, x, y) -> tuple[Impl | None, str | None]:
-    """Eager step captured once and replayed as a CUDA graph (rnn_gpu.cuda_graph)."""
+    """The same step captured once as a CUDA graph and replayed (rnn_gpu.cuda_graph)."""
     try:
-        from .cuda_graph import GraphedStep  # noqa: PLC0415 - GPU only, optional
+        from .cuda_graph import GraphedStep  # noqa: PLC0415 - GPU only
     except ImportError as e:
-        return None, f"rnn_gpu.cuda_graph is not available ({e})"
+        return None, f"rnn_gpu.cuda_graph does not import ({type(e).__name__}: {e})"
     m = model.to(backend)
     xb, yb = backend.asarray(x), backend.asarray(y)
+    T, B = x.shape
     try:
-        g = GraphedStep(m, xb, yb)
+        g = GraphedStep(m._engine, T, B, dense=False, truncate=None, masked=False)
+        g(m.params, xb, yb)  # captures
     except Exception as e:
         return None, f"capture failed ({type(e).__name__}: {e})"
-    replay = getattr(g, "replay", None) or g
 
     def check():
-        out = replay()
-        backend.synchronize()
-        if isinstance(out, tuple) and len(out) >= 2:
-            loss, grads = out[0], out[1]
-        else:  # replay updated the model's own gradient buffers
-            loss, grads = getattr(g, "loss", math.nan), m._engine.grads
-        return float(loss), {k: to_numpy(v) for k, v in grads.items()}
+        loss, grads, _ = g(m.params, xb, yb)
+        return loss, {k: to_numpy(v) for k, v in grads.items()}
 
-    return Impl("rnn_gpu-graph", backend.name, backend.device, replay, cupy_timer, check,
-                gpu=True), None
+    impl = Impl("rnn_gpu-graph", backend.name, backend.device, lambda: g(m.params, xb, yb),
+                cupy_timer, check, gpu=True)
+    impl.extra["graph"] = g
+    return impl, None
 
 
 def _torch(model, x, y, device: str, dtype: str, threads: int) -> Impl:
