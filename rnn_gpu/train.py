@@ -331,7 +331,9 @@ class Trainer:
         """Resume the run saved in `path`. `overrides` may change how long and where it
         goes on (epochs, max_steps, time_budget, eval_every, out, plot, backend, lr, clip,
         ...) but not what fixes the model, the data layout or the optimizer
-        (RESUME_FIXED); by default it writes back to `path`."""
+        (RESUME_FIXED); by default it writes back to `path`. Any of epochs, max_steps,
+        time_budget given replaces all three saved ones; max_steps and epochs count from
+        the start of the original run."""
         ck = load_checkpoint(path, with_model=False)
         saved = ck.train_config
         if not saved or not ck.train_state or ck.vocab is None:
@@ -342,7 +344,11 @@ class Trainer:
                     f"--{k.replace('_', '-')} {overrides[k]} differs from the checkpoint's "
                     f"{saved.get(k)}; a resumed run keeps the checkpoint's value"
                 )
-        d = {**saved, "out": str(path), **overrides}
+        d = {**saved, "out": str(path)}
+        stops = ("epochs", "max_steps", "time_budget")
+        if any(overrides.get(k) is not None for k in stops):  # new stopping rules replace the old
+            d.update(dict.fromkeys(stops))
+        d.update(overrides)
         return cls(TrainConfig.from_dict(d), console=console, progress=progress, _checkpoint=ck)
 
     def _restore(self, ck: Checkpoint) -> None:
