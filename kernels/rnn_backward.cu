@@ -1,13 +1,13 @@
 // rnn_backward.cu -- the backward recurrence's pointwise steps (the seed's delta update).
 //
 // Kernels (suffix _f32: float, _f64: double):
-//   rnn_delta_step_f32 / _f64
+//   rnn_delta_step_{f32,f64}
 //       Full BPTT, one step: c = carry + e; dz = c * f'(s) * keep; carry <- c * (1 - keep)
 //       (carry <- c without a mask). Fuses the add of this step's output error, the
 //       derivative f'(s) written through the state s = f(a) (tanh: 1 - s^2, sigmoid:
 //       s (1 - s), relu: s > 0) and the mask. The carry W^T dz_{t+1} comes from one
 //       cuBLAS GEMM per step, outside this kernel. dz may be the same array as e.
-//   rnn_trunc_delta_step_f32 / _f64
+//   rnn_trunc_delta_step_{f32,f64}
 //       Per-output truncated BPTT, one step for all L live error streams at once:
 //       dz_all[l] = G[l] * f'(s) * keep, dz_sum = sum_l dz_all[l] (in order l = 0..L-1),
 //       G[l] <- G[l] * (1 - keep) with a mask. One thread per (b, h) walks the L streams,

@@ -1,7 +1,7 @@
 // rnn_forward.cu -- the forward recurrence's pointwise step.
 //
 // Kernels (suffix _f32: float, _f64: double):
-//   rnn_act_forward_f32 / rnn_act_forward_f64
+//   rnn_act_forward_{f32,f64}
 //       a <- f(a) in place (f = tanh, sigmoid or relu), and rows whose keep is 0 take
 //       h_prev instead. Fuses the activation with the mask select; it runs right after
 //       the recurrent GEMM, which cuBLAS accumulates (beta = 1) onto U x_t + b.

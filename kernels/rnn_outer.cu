@@ -1,7 +1,7 @@
 // rnn_outer.cu -- sums of outer products over rows: dW (M, K) (+)= a^T b.
 //
 // Kernels (suffix _f32: float, _f64: double):
-//   rnn_outer_accum_f32 / _f64
+//   rnn_outer_accum_{f32,f64}
 //       dW[m, k] = sum_n a[n, m] b[n, k] (+ dW[m, k] when accumulate), with a (N, M) and
 //       b (N, K) row-major. This is dW = sum_t delta_t s_{t-1}^T and dV = sum_t delta_o_t
 //       s_t^T over all T*B rows at once. Fuses the transpose of a (read directly, no copy)
