@@ -1,0 +1,63 @@
+"""The engine on the CuPy backend against the float64 reference, for every configuration
+of the NumPy engine tests, and a 50,000-word vocabulary. Needs a GPU (marker)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import rnn_gpu
+from rnn_gpu import reference, to_numpy
+
+from .helpers import H, I, O, make_problem, randomize, rel_err
+
+pytestmark = pytest.mark.gpu
+
+T = 6
+CONFIGS = list(itertools.product(reference.ACTIVATIONS, reference.OUTPUTS, (None, 0, 1, 2, T),
+                                 (False, True), (False, True), (False, True)))
+TOL = {"float64": 1e-10, "float32": 1e-4}
+
+
+def _compare(m, x, y, h0, trunc, mask, tol):
+    loss, grads, h_last = m.loss_and_grads(x, y, h0=h0, truncate=trunc, mask=mask)
+    rloss, rgrads, rh = m.reference_loss_and_grads(x, y, h0=h0, truncate=trunc, mask=mask)
+    assert loss == pytest.approx(rloss, rel=tol)
+    for k in rnn_gpu.model.PARAM_NAMES:
+        g = to_numpy(grads[k])
+        assert g.dtype == m.dtype
+        assert rel_err(g, rgrads[k]) < tol, k
+    assert rel_err(to_numpy(h_last), rh) < tol
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act,out,trunc,dense,masked,with_h0", CONFIGS)
+def test_gpu_engine_matches_reference(dtype, act, out, trunc, dense, masked, with_h0):
+    m = randomize(rnn_gpu.RNN(I, H, O, backend="cupy", dtype=dtype, hidden_activation=act,
+                              output=out))
+    x, y, h0, mask = make_problem(out, dense, masked, with_h0, T=T)
+    _compare(m, x, y, h0, trunc, mask, TOL[dtype])
+
+
+@pytest.mark.parametrize("outer", ["cublas", "tiled"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gpu_engine_larger_sizes(dtype, outer, monkeypatch):
+    """Sizes that are not multiples of any block or tile, repeated ids, both dW paths."""
+    monkeypatch.setenv("RNN_GPU_OUTER", outer)
+    sizes = (37, 129, 301)
+    m = randomize(rnn_gpu.RNN(*sizes, backend="cupy", dtype=dtype), scale=0.2)
+    for dense in (False, True):
+        x, y, h0, mask = make_problem("softmax", dense, True, True, T=23, B=7, sizes=sizes)
+        for trunc in (None, 4):
+            _compare(m, x, y, h0, trunc, mask, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gpu_engine_large_vocabulary(dtype):
+    V = 50_000
+    m = randomize(rnn_gpu.RNN(V, 64, V, backend="cupy", dtype=dtype), scale=0.1)
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, V, size=(5, 4))
+    y = rng.integers(0, V, size=(5, 4))
+    _compare(m, x, y, None, None, None, TOL[dtype])
