@@ -281,27 +281,38 @@ def _table(title: str, columns: list[str], rows: list[list]) -> Any:
 # Peaks: this device's copy bandwidth and matmul rate, measured here.
 
 
+def matmul_sizes(gpu: bool, quick: bool) -> int:
+    return (4096 if quick else 8192) if gpu else (768 if quick else 2048)
+
+
+def matmul_op(backend: Backend, dtype: str, n: int) -> tuple[Callable[[], Any], Callable, float]:
+    """(fn, timer, flops): one n x n by n x n product into a preallocated result."""
+    xp = backend.xp
+    rng = np.random.default_rng(0)
+    a = backend.asarray(rng.standard_normal((n, n)).astype(dtype))
+    b = backend.asarray(rng.standard_normal((n, n)).astype(dtype))
+    c = xp.empty((n, n), dtype=dtype)
+    timer = cupy_timer if backend.is_gpu else wall_timer
+    return (lambda: xp.matmul(a, b, out=c)), timer, 2.0 * n**3
+
+
 def measure_peaks(ctx: Context, backend: Backend, dtype: str) -> dict:
     """Matmul GFLOP/s (n x n times n x n) and copy GB/s (read + write) on `backend`."""
     xp = backend.xp
     quick = ctx.args.quick
     gpu = backend.is_gpu
-    n = (4096 if quick else 8192) if gpu else (768 if quick else 2048)
+    n = matmul_sizes(gpu, quick)
     copy_mib = (256 if quick else 1024) if gpu else (32 if quick else 256)
     reps = 3 if quick else 7
-    timer = cupy_timer if gpu else wall_timer
-    rng = np.random.default_rng(0)
-    a = backend.asarray(rng.standard_normal((n, n)).astype(dtype))
-    b = backend.asarray(rng.standard_normal((n, n)).astype(dtype))
-    c = xp.empty((n, n), dtype=dtype)
+    mm_fn, timer, mm_flops = matmul_op(backend, dtype, n)
     elems = copy_mib * 2**20 // np.dtype(dtype).itemsize
     src = xp.ones(elems, dtype=dtype)
     dst = xp.empty(elems, dtype=dtype)
-    st = interleaved({"matmul": (lambda: xp.matmul(a, b, out=c), timer),
+    st = interleaved({"matmul": (mm_fn, timer),
                       "copy": (lambda: xp.copyto(dst, src), timer)}, reps, 1)
-    mm = 2.0 * n**3 / (st["matmul"].median * 1e-3) / 1e9
+    mm = mm_flops / (st["matmul"].median * 1e-3) / 1e9
     bw = 2.0 * src.nbytes / (st["copy"].median * 1e-3) / 1e9
-    del a, b, c, src, dst
+    del mm_fn, src, dst
     dev = device_of(backend)
     copied = 2 * elems * np.dtype(dtype).itemsize
     for name, s, extra in (("matmul", st["matmul"], {"gflops": mm, "n": n}),
@@ -415,7 +426,8 @@ def bench_kernels(ctx: Context, backend: Backend, dtype: str) -> None:
             gbps = nbytes / t_s / 1e9
             gflops = flops / t_s / 1e9 if flops else None
             pbw = 100 * gbps / peak["copy_gbps"] if peak.get("copy_gbps") else None
-            pfl = 100 * gflops / peak["matmul_gflops"] if gflops and peak.get("matmul_gflops") else None
+            pfl = (100 * gflops / peak["matmul_gflops"]
+                   if gflops and peak.get("matmul_gflops") else None)
             peer = st.get("twin")
             ctx.add({**base, "status": "ok", "validated": True, "max_rel_err": err,
                      "median_ms": s.median, "min_ms": s.min, "max_ms": s.max,
@@ -698,7 +710,8 @@ def step_point(ctx: Context, backends: list[Backend], shape: tuple, dtype: str, 
             loss, grads = impl.check()
             err = max([abs(loss - oloss) / max(abs(oloss), 1e-30)]
                       + [rel_err(grads[k], ograds[k]) for k in ograds])
-            problem = None if err <= tol else f"error {err:.3g} > {tol:g} against the float64 engine"
+            problem = (None if err <= tol
+                       else f"error {err:.3g} > {tol:g} against the float64 engine")
         except Exception as e:
             err, problem = math.inf, f"raised {type(e).__name__}: {e}"
         errs[key] = err
@@ -716,20 +729,35 @@ def step_point(ctx: Context, backends: list[Backend], shape: tuple, dtype: str, 
     if not impls:
         return []
 
-    stats = interleaved({k: (i.fn, i.timer) for k, i in impls.items()}, args.reps, args.warmup)
+    # The matmul rate is measured again beside the steps (kind "step"), so that the
+    # percentage compares two figures taken under the same conditions on a shared machine.
+    fns = {k: (i.fn, i.timer) for k, i in impls.items()}
+    mm_flops = {}
+    if kind == "step":
+        for be in backends:
+            fn, timer, mm_flops[be.name] = matmul_op(be, dtype, matmul_sizes(be.is_gpu, args.quick))
+            fns[f"peak:{be.name}"] = (fn, timer)
+    stats = interleaved(fns, args.reps, args.warmup)
+    peaks = {}
+    for name, f in mm_flops.items():
+        peaks[name] = f / (stats.pop(f"peak:{name}").median * 1e-3) / 1e9
+    fns.clear()
 
     flops = step_flops(T, B, H, V)
     rows = []
     for key, impl in impls.items():
         s = stats[key]
         gflops = flops / (s.median * 1e-3) / 1e9
-        peak = ctx.peaks.get("cupy" if impl.gpu else "numpy", {}).get("matmul_gflops")
+        pk = "cupy" if impl.gpu else "numpy"
+        peak = peaks.get(pk) or ctx.peaks.get(pk, {}).get("matmul_gflops")
         row = {"name": _row_name(kind, impl, extra), "kind": kind, "impl": impl.name,
                "device": impl.device, "backend": impl.backend, "dtype": dtype, "shape": shape_s,
                "sizes": {"T": T, "B": B, "H": H, "V": V}, "status": "ok", "validated": True,
                "max_rel_err": errs[key], "median_ms": s.median, "min_ms": s.min,
                "max_ms": s.max, "reps": len(s.times_ms), "gflops": gflops,
                "pct_peak_flops": 100 * gflops / peak if peak else None,
+               "peak_matmul_gflops": peak,
+               "peak_matmul_beside": pk in peaks,
                "peer": None, "peer_median_ms": None, "speedup": None}
         if impl.name.startswith("rnn_gpu"):
             pk = _primary_peer(impl, stats, impls)
@@ -866,7 +894,8 @@ def gpu_test_summary(ctx: Context) -> None:
             ctx.skip("GPU test summary", f"pytest did not run ({type(e).__name__}: {e})")
             return
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    n = {k: sum(int(s.get(k, 0)) for s in suites)
+         for k in ("tests", "failures", "errors", "skipped")}
     passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
     failed = n["failures"] + n["errors"]
     if failed:
@@ -874,7 +903,8 @@ def gpu_test_summary(ctx: Context) -> None:
     ctx.console.print(f"GPU tests (pytest -m gpu): {passed} passed, {failed} failed, "
                       f"{n['skipped']} skipped")
     ctx.add({"name": "gpu-tests", "kind": "gpu-tests", "device": get_backend("cupy").device,
-             "backend": "cupy", "dtype": "", "shape": "", "status": "ok" if not failed else "FAILED",
+             "backend": "cupy", "dtype": "", "shape": "",
+             "status": "FAILED" if failed else "ok",
              "passed": passed, "failed": failed, "skipped": n["skipped"],
              "median_ms": None, "min_ms": None, "max_ms": None,
              "peer": None, "peer_median_ms": None, "speedup": None})
@@ -959,7 +989,8 @@ def parse_peers(text: str) -> set[str]:
     bad = items - set(PEERS)
     if bad:
         raise argparse.ArgumentTypeError(
-            f"expected a comma list of {', '.join(PEERS)}, all or none, got {', '.join(sorted(bad))}")
+            f"expected a comma list of {', '.join(PEERS)}, all or none, "
+            f"got {', '.join(sorted(bad))}")
     return items
 
 

@@ -47,7 +47,7 @@ def test_quick_end_to_end(tmp_path, capsys):
     for r in (ours, seed):
         assert r["validated"] is True and r["max_rel_err"] < bench.STEP_TOL["float32"]
         assert r["shape"] == "T=16,B=8,H=64,V=65" and r["reps"] == 5
-        assert r["pct_peak_flops"] > 0
+        assert r["pct_peak_flops"] > 0 and r["peak_matmul_beside"] is True
     assert ours["peer"] == "seed-loop"
     assert ours["speedup"] == pytest.approx(seed["median_ms"] / ours["median_ms"])
     assert ours["workspace_bytes"] > 0
