@@ -244,6 +244,11 @@ def plot_history(history: list[dict], path: str | Path) -> Path:
     ax.set_xlabel("training tokens")
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
