@@ -9,7 +9,6 @@ each chunk to the model's backend.
 from __future__ import annotations
 
 import collections
-import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,7 +332,3 @@ def corpus_summary(c: Corpus) -> str:
         f"{c.source}: {len(c.vocab)} {c.vocab.level} tokens in the vocabulary, "
         f"{len(c.train):,} training and {len(c.valid):,} validation tokens"
     )
-
-
-def vocab_json(v: Vocab) -> str:
-    return json.dumps(v.to_json(), ensure_ascii=False)
