@@ -339,6 +339,9 @@ class Trainer:
         (RESUME_FIXED); by default it writes back to `path`. Any of epochs, max_steps,
         time_budget given replaces all three saved ones; max_steps and epochs count from
         the start of the original run."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
+        if unknown:
+            raise TypeError(f"from_checkpoint: unknown TrainConfig fields {sorted(unknown)}")
         ck = load_checkpoint(path, with_model=False)
         saved = ck.train_config
         if not saved or not ck.train_state or ck.vocab is None:
