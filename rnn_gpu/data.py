@@ -54,6 +54,23 @@ from its predicted distribution and feed that symbol back in. A temperature belo
 sharpens the distribution and makes the text more conservative; a temperature above one
 flattens it and makes the text more surprising; a temperature of zero always takes the
 most likely symbol.
+
+Gradients of recurrent networks can grow without bound when the recurrent weights are
+large, because the same matrix multiplies the error at every step back in time. Clipping
+the norm of all gradients taken together keeps a single bad chunk from throwing the
+weights far away, without changing the direction of the step. Gradients can also vanish,
+shrinking at every step back, which is why a plain recurrent network remembers recent
+symbols much better than distant ones.
+
+The learning rate decides how far each step goes. Too large, and the loss jumps around
+or explodes; too small, and training crawls. A common remedy watches the validation loss
+after every pass over the data and lowers the rate when the loss stops falling, keeping
+the best weights seen so far, and stops when lowering the rate no longer helps.
+
+A checkpoint stores everything needed to pick a run up again: the weights, the state of
+the optimizer, the position in the data, the hidden state carried between chunks and the
+state of the random number generator. Written to a temporary file and renamed into place,
+it is never left half written, so an interrupted run can always be resumed.
 """
 
 

@@ -175,3 +175,30 @@ def test_word_level_training(tmp_path, text_file):
     res = tr.fit()
     assert math.isfinite(res.val_ppl)
     assert res.val_ppl < len(tr.vocab)
+
+
+def test_interrupt_stops_after_the_step_with_a_checkpoint(tmp_path, text_file):
+    tr = Trainer(small_config(tmp_path, text_file, max_steps=50), console=quiet())
+    real = tr.model.loss_and_grads
+
+    def ctrl_c_at_step_3(*a, **k):
+        if tr.step == 2:
+            tr._interrupted = True  # what the SIGINT handler does
+        return real(*a, **k)
+
+    tr.model.loss_and_grads = ctrl_c_at_step_3
+    res = tr.fit()
+    assert res.stop_reason == "interrupted" and res.steps == 3
+    assert load_checkpoint(tmp_path / "ck.npz").train_state["step"] == 3
+
+
+def test_builtin_fallback_corpus_fits_the_defaults(monkeypatch):
+    import sys
+
+    from rnn_gpu.data import check_trainable, load_corpus
+
+    monkeypatch.setitem(sys.modules, "pydoc_data.topics", None)
+    c = load_corpus(None)
+    assert "fallback" in c.source
+    d = TrainConfig()
+    check_trainable(len(c.train), d.batch_size, d.bptt)
