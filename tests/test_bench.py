@@ -203,3 +203,25 @@ def test_plot_from_a_result_file(tmp_path):
     src.write_text("".join(json.dumps(r) + "\n" for r in _sweep_rows()))
     assert bench.main(["--plot", str(png), "--from", str(src)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.gpu
+def test_quick_on_the_gpu(tmp_path):
+    """Every CUDA version validated and timed with events; eager and graphed steps."""
+    out = tmp_path / "gpu.jsonl"
+    rc = bench.main(["--quick", "--backend", "cupy", "--peers", "torch", "--no-gpu-tests",
+                     "--out", str(out)])
+    assert rc == 0
+    rows = _rows(out)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["peak:matmul"]["backend"] == "cupy"
+    for name, spec in kernels.REGISTRY.items():
+        assert spec.cupy_versions, name
+        for v in spec.cupy_versions:
+            r = by_name[f"kernel:{name}:{v}"]
+            assert r["status"] == "ok" and r["validated"] is True, (name, v)
+            assert r["peer"] == "numpy twin (host)" and r["speedup"] > 0
+    steps = {(r["impl"], r["backend"]): r for r in rows if r.get("kind") == "step"}
+    assert steps[("rnn_gpu", "cupy")]["validated"] is True
+    assert steps[("rnn_gpu", "cupy")]["peak_mem_bytes"] > 0
+    assert steps[("rnn_gpu-graph", "cupy")]["validated"] is True
