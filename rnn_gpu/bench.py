@@ -1123,6 +1123,10 @@ def run(args: argparse.Namespace) -> int:
             for r in ctx.rows:
                 f.write(json.dumps(r, sort_keys=False) + "\n")
         console.print(f"{len(ctx.rows)} results written to {args.out}")
+    elif backends:
+        be = backends[-1]
+        console.print("to keep these results: --out bench/results/"
+                      f"{'gpu' if be.is_gpu else 'cpu'}-{device_slug(device_of(be))}.jsonl")
     console.print(f"done in {time.perf_counter() - t0:.1f} s"
                   + (f"; [bold red]{ctx.failed} FAILED[/bold red]" if ctx.failed else
                      "; every timed kernel and step was validated first"))
