@@ -158,9 +158,19 @@ def sigmoid_bce(logits, d, keep, loss) -> None:
     logits: (N, O) in: z; out: sigmoid(z) - d, times keep; d: (N, O) in [0, 1]
     loss: (N,) out: sum_k d softplus(-z) + (1 - d) softplus(z) = softplus(z) - d z
     """
-    sp = np.logaddexp(0.0, logits)
-    np.sum(sp - d * logits, axis=1, out=loss)
-    np.multiply(logits, 0.5, out=logits)
+    _split_rows(_sigmoid_bce_rows, logits, d, keep, loss)
+
+
+def _sigmoid_bce_rows(logits, d, keep, loss) -> None:
+    # softplus(z) = max(z, 0) + log1p(exp(-|z|)): exact and never overflows
+    t = np.abs(logits)
+    np.negative(t, out=t)
+    np.exp(t, out=t)
+    np.log1p(t, out=t)
+    t += np.maximum(logits, 0.0)
+    t -= d * logits
+    np.sum(t, axis=1, out=loss)
+    np.multiply(logits, 0.5, out=logits)  # sigmoid(z) = (1 + tanh(z/2)) / 2
     np.tanh(logits, out=logits)
     logits += 1.0
     logits *= 0.5
