@@ -42,6 +42,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--hidden", type=int, metavar="H", help=f"hidden units (default {d.hidden})")
     g.add_argument("--activation", choices=("tanh", "sigmoid", "relu"), help="hidden nonlinearity (default tanh)")
+    g.add_argument("--input-init", choices=("embedding", "uniform"),
+                   help="embedding (default): U starts in +-1 and, with adam/adagrad, learns "
+                        "sqrt(H) times faster; uniform: the RNN's +-1/sqrt(H) and one rate")
     g.add_argument("--dtype", choices=("float32", "float64"), help="parameter dtype (default float32)")
     g.add_argument("--backend", choices=("auto", "numpy", "cupy"), help="array backend (default auto)")
     g.add_argument("--seed", type=int, help=f"seed for initialization and sampling (default {d.seed})")

@@ -57,11 +57,14 @@ class Optimizer:
     name = ""
     slots: tuple[str, ...] = ()  # per-parameter state arrays
 
-    def __init__(self, params: dict, lr: float):
+    def __init__(self, params: dict, lr: float, lr_scale: dict | None = None):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise UsageError(f"--lr: expected a positive number, got {lr}")
         self.params = params
         self.lr = float(lr)
+        # per-parameter multipliers of the rate, e.g. {"U": 16.0}; not saved in checkpoints
+        # (the trainer derives them from its configuration)
+        self.lr_scale = {k: float(v) for k, v in (lr_scale or {}).items()}
         self.t = 0  # steps taken
         self.xp = _array_module(params)
         self.state: dict[str, dict[str, Any]] = {
@@ -73,9 +76,9 @@ class Optimizer:
         overwritten."""
         self.t += 1
         for k, p in self.params.items():
-            self._update(k, p, grads[k])
+            self._update(k, p, grads[k], self.lr * self.lr_scale.get(k, 1.0))
 
-    def _update(self, k: str, p, g) -> None:  # pragma: no cover - abstract
+    def _update(self, k: str, p, g, lr: float) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def hyper(self) -> dict:
@@ -113,20 +116,20 @@ class SGD(Optimizer):
 
     name = "sgd"
 
-    def __init__(self, params: dict, lr: float, momentum: float = 0.0):
+    def __init__(self, params: dict, lr: float, momentum: float = 0.0, lr_scale: dict | None = None):
         if not 0.0 <= momentum < 1.0:
             raise UsageError(f"--momentum: expected a number in [0, 1), got {momentum}")
         self.momentum = float(momentum)
         self.slots = ("velocity",) if momentum > 0 else ()
-        super().__init__(params, lr)
+        super().__init__(params, lr, lr_scale)
 
-    def _update(self, k, p, g):
+    def _update(self, k, p, g, lr):
         if self.momentum > 0:
             v = self.state["velocity"][k]
             v *= v.dtype.type(self.momentum)
             v += g
             g = v
-        p -= p.dtype.type(self.lr) * g
+        p -= p.dtype.type(lr) * g
 
     def hyper(self):
         return {"momentum": self.momentum}
@@ -138,14 +141,14 @@ class Adagrad(Optimizer):
     name = "adagrad"
     slots = ("sum_sq",)
 
-    def __init__(self, params: dict, lr: float, eps: float = 1e-8):
+    def __init__(self, params: dict, lr: float, eps: float = 1e-8, lr_scale: dict | None = None):
         self.eps = float(eps)
-        super().__init__(params, lr)
+        super().__init__(params, lr, lr_scale)
 
-    def _update(self, k, p, g):
+    def _update(self, k, p, g, lr):
         m = self.state["sum_sq"][k]
         m += g * g
-        p -= p.dtype.type(self.lr) * g / self.xp.sqrt(m + p.dtype.type(self.eps))
+        p -= p.dtype.type(lr) * g / self.xp.sqrt(m + p.dtype.type(self.eps))
 
     def hyper(self):
         return {"eps": self.eps}
@@ -157,15 +160,16 @@ class Adam(Optimizer):
     name = "adam"
     slots = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params: dict, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, params: dict, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                 lr_scale: dict | None = None):
         b1, b2 = betas
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise UsageError(f"Adam betas: expected numbers in [0, 1), got {betas}")
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
-        super().__init__(params, lr)
+        super().__init__(params, lr, lr_scale)
 
-    def _update(self, k, p, g):
+    def _update(self, k, p, g, lr):
         b1, b2 = self.betas
         one = p.dtype.type
         m, v = self.state["exp_avg"][k], self.state["exp_avg_sq"][k]
@@ -178,22 +182,24 @@ class Adam(Optimizer):
         denom = self.xp.sqrt(v)
         denom *= one(1 / math.sqrt(bc2))
         denom += one(self.eps)
-        p -= one(self.lr / bc1) * (m / denom)
+        p -= one(lr / bc1) * (m / denom)
 
     def hyper(self):
         return {"betas": list(self.betas), "eps": self.eps}
 
 
-def make_optimizer(name: str, params: dict, lr: float | None = None, momentum: float = 0.0) -> Optimizer:
-    """An optimizer by name ("sgd", "adagrad", "adam"); `lr` None takes DEFAULT_LR."""
+def make_optimizer(name: str, params: dict, lr: float | None = None, momentum: float = 0.0,
+                   lr_scale: dict | None = None) -> Optimizer:
+    """An optimizer by name ("sgd", "adagrad", "adam"); `lr` None takes DEFAULT_LR;
+    `lr_scale` multiplies the rate of single parameters (e.g. {"U": 16.0})."""
     name = name.lower()
     if name not in OPTIMIZERS:
         raise UsageError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
     lr = DEFAULT_LR[name] if lr is None else lr
     if name == "sgd":
-        return SGD(params, lr, momentum=momentum)
+        return SGD(params, lr, momentum=momentum, lr_scale=lr_scale)
     if momentum:
         raise UsageError(f"--momentum applies to sgd only, not {name}")
     if name == "adagrad":
-        return Adagrad(params, lr)
-    return Adam(params, lr)
+        return Adagrad(params, lr, lr_scale=lr_scale)
+    return Adam(params, lr, lr_scale=lr_scale)

@@ -46,8 +46,9 @@ DEFAULT_CHECKPOINT = "rnn-gpu-checkpoint.npz"
 # must use the checkpoint's values.
 RESUME_FIXED = (
     "level", "vocab_size", "valid_fraction", "hidden", "batch_size", "bptt", "activation",
-    "dtype", "seed", "optimizer", "momentum", "schedule", "min_improvement",
+    "dtype", "seed", "optimizer", "momentum", "schedule", "min_improvement", "input_init",
 )
+INPUT_INITS = ("embedding", "uniform")
 
 
 @dataclass
@@ -63,6 +64,10 @@ class TrainConfig:
     # model
     hidden: int = 128
     activation: str = "tanh"
+    # "embedding": U (a token's column is its embedding) starts uniform in +-1 and, with
+    # adam/adagrad, learns sqrt(hidden) times faster, so each step moves it by the same
+    # fraction of its scale as W and V; "uniform": the RNN's +-1/sqrt(hidden), one rate
+    input_init: str = "embedding"
     dtype: str = "float32"
     backend: str = "auto"
     seed: int = 0
@@ -131,6 +136,8 @@ class TrainConfig:
             raise UsageError(f"--explode-threshold: expected a number > 1, got {self.explode_threshold}")
         if not (isinstance(self.valid_fraction, (int, float)) and 0 < self.valid_fraction < 1):
             raise UsageError(f"--valid-fraction: expected a number in (0, 1), got {self.valid_fraction}")
+        if self.input_init not in INPUT_INITS:
+            raise UsageError(f"--input-init: expected one of {', '.join(INPUT_INITS)}, got {self.input_init!r}")
         if self.level not in ("char", "word"):
             raise UsageError(f"--level: expected char or word, got {self.level!r}")
         if self.vocab_size < 3:
@@ -308,8 +315,10 @@ class Trainer:
         else:
             self.model = build_model(ck.model_config, ck.params, cfg.backend)
         self.xp = self.model.backend.xp
+        if ck is None and cfg.input_init == "embedding":
+            self.model.params["U"][...] *= self.model.dtype.type(math.sqrt(cfg.hidden))  # +-1
         self.optimizer = make_optimizer(cfg.optimizer, self.model.params, cfg.resolved_lr(),
-                                        momentum=cfg.momentum)
+                                        momentum=cfg.momentum, lr_scale=self.lr_scale())
         self.schedule = make_schedule(cfg.schedule, cfg.resolved_lr(), cfg.min_improvement)
         self.rng = np.random.default_rng(cfg.seed)
 
@@ -327,6 +336,13 @@ class Trainer:
         self._fit_start: float | None = None  # perf_counter at the start of fit()
         if ck is not None:
             self._restore(ck)
+
+    def lr_scale(self) -> dict:
+        """Per-parameter rate multipliers implied by the configuration."""
+        cfg = self.config
+        if cfg.input_init == "embedding" and cfg.optimizer in ("adam", "adagrad"):
+            return {"U": math.sqrt(cfg.hidden)}
+        return {}
 
     # ---- resuming -------------------------------------------------------------------
 
