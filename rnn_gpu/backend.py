@@ -176,17 +176,17 @@ def as_backend(a, backend: Backend, dtype=None):
 
 
 # -------------------------------------------------------------------------------------
-# CUDA sources. In a source checkout they sit in <repo>/kernels; in an installed wheel,
-# in rnn_gpu/kernels.
+# CUDA sources. In a source checkout they sit in <repo>/kernels; an installed wheel
+# carries them as rnn_gpu/cuda_kernels (named apart from the module rnn_gpu/kernels.py).
 
 
 def kernel_dir() -> Path:
     here = Path(__file__).resolve().parent
-    for cand in (here / "kernels", here.parent / "kernels"):
+    for cand in (here / "cuda_kernels", here.parent / "kernels"):
         if any(cand.glob("*.cu")):
             return cand
     raise FileNotFoundError(
-        f"CUDA sources not found in {here / 'kernels'} or {here.parent / 'kernels'}; "
+        f"CUDA sources not found in {here / 'cuda_kernels'} or {here.parent / 'kernels'}; "
         "the installation is incomplete (reinstall rnn-gpu)"
     )
 

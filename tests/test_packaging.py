@@ -1,0 +1,30 @@
+"""The wheel carries the CUDA sources, where an installed package looks for them."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_ships_every_cuda_source(tmp_path):
+    pytest.importorskip("setuptools", reason="building a wheel needs setuptools")
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "results", ".pytest_cache"))
+    out = tmp_path / "dist"
+    out.mkdir()
+    code = f"from setuptools import build_meta as b; print(b.build_wheel({str(out)!r}))"
+    subprocess.run([sys.executable, "-c", code], cwd=src, check=True, capture_output=True)
+    (wheel,) = out.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sources = sorted(p.name for p in (ROOT / "kernels").glob("*.cu"))
+    assert sources
+    for name in sources:
+        assert f"rnn_gpu/cuda_kernels/{name}" in names  # where backend.kernel_dir() looks first
+    assert "rnn_gpu/kernels.py" in names
