@@ -1,10 +1,11 @@
 """Convergence at equal wall time: rnn-gpu's Trainer against PyTorch on the CPU.
 
 Both train a character-level Elman RNN language model (hidden 256, batch 32, bptt 64,
-Adam lr 2e-3, global gradient-norm clip 5) on the same split of the same text, for the
-same wall-clock budget, with the same number of CPU threads, and evaluate on the same
-validation text at the end of every epoch and once more when the budget is spent. The
-figure of merit is the validation perplexity reached; tokens/s is reported beside it.
+Adam lr 2e-3, global gradient-norm clip 5, the same learning-rate schedule) on the same
+split of the same text, for the same wall-clock budget, with the same number of CPU
+threads, and evaluate on the same validation text at the end of every epoch and once
+more when the budget is spent. The figure of merit is the validation perplexity reached;
+tokens/s is reported beside it.
 
 PyTorch's model is the one its users would write: ``nn.Embedding`` + ``nn.RNN(tanh)`` +
 ``nn.Linear``, mean cross-entropy, ``clip_grad_norm_``, hidden state detached between
@@ -39,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--bptt", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--clip", type=float, default=5.0)
+    p.add_argument("--schedule", choices=("constant", "plateau"), default="constant",
+                   help="learning rate, for both: constant, or divided by 4 after an epoch "
+                        "whose validation loss is not the best so far (default constant)")
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for both (default: all)")
@@ -55,7 +59,8 @@ def record(args, impl: str, **fields) -> dict:
     return {
         "bench": "convergence", "impl": impl, "data": Path(args.data).name,
         "budget_s": args.budget, "hidden": args.hidden, "batch_size": args.batch_size,
-        "bptt": args.bptt, "lr": args.lr, "clip": args.clip, "threads": args.threads,
+        "bptt": args.bptt, "lr": args.lr, "clip": args.clip, "schedule": args.schedule,
+        "threads": args.threads,
         **fields, "cpu": info.get("cpu"), "numpy": info.get("numpy"), "blas": info.get("blas"),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -70,7 +75,8 @@ def run_rnn_gpu(args) -> dict:
         cfg = TrainConfig(
             data=args.data, valid_fraction=args.valid_fraction, level="char", hidden=args.hidden,
             batch_size=args.batch_size, bptt=args.bptt, optimizer="adam", lr=args.lr,
-            clip=args.clip, time_budget=args.budget, seed=args.seed, backend=args.backend,
+            clip=args.clip, schedule=args.schedule, time_budget=args.budget, seed=args.seed,
+            backend=args.backend,
             out=str(Path(tmp) / "ck.npz"), sample_length=0,
         )
         trainer = Trainer(cfg, console=Console(file=sys.stderr, highlight=False), progress=False)
@@ -133,6 +139,7 @@ def run_torch(args) -> dict:
     start = time.perf_counter()
     h = torch.zeros(1, args.batch_size, H)
     k = 0
+    best = None  # best validation loss so far (plateau schedule)
     while time.perf_counter() - start < args.budget:
         x, y = get_chunk(train, k * args.bptt, args.bptt)
         h = h.detach()
@@ -150,6 +157,12 @@ def run_torch(args) -> dict:
             h = torch.zeros(1, args.batch_size, H)
             vl = evaluate()
             curve.append((round(time.perf_counter() - start, 3), round(math.exp(vl), 3)))
+            if args.schedule == "plateau":  # the same rule as rnn_gpu.schedule.Plateau
+                if best is None or vl < best:
+                    best = vl
+                else:
+                    for group in opt.param_groups:
+                        group["lr"] /= 4.0
             print(f"torch: end of epoch {epochs} | valid ppl {math.exp(vl):.3f} | "
                   f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     seconds = time.perf_counter() - start
