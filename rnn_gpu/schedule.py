@@ -1,9 +1,10 @@
-"""Learning-rate schedules driven by the validation loss.
+"""Learning-rate schedules.
 
 A schedule sees the validation loss at each scheduled evaluation (the end of every
 epoch, and every ``eval_every`` steps when that is set) and answers with a
 :class:`Decision`: the new learning rate, whether to restore the weights saved at the
-previous evaluation, and whether to stop.
+previous evaluation, and whether to stop. A schedule that follows the run's progress
+instead (``cosine``) also answers :meth:`Schedule.rate_at` before every step.
 
 - ``constant``: the rate never changes.
 - ``plateau``: divide the rate by ``factor`` (4) whenever validation does not improve on
@@ -12,6 +13,10 @@ previous evaluation, and whether to stop.
   weights. Once an evaluation improves the loss by less than the ratio
   ``min_improvement`` (1.003), halve the rate at every evaluation from then on; at the
   next such plateau, stop.
+- ``cosine``: from the base rate down to zero along a half cosine,
+  ``lr * (1 + cos(pi * p)) / 2``, where ``p`` is the fraction of the run done (the trainer
+  measures it by the stopping rules: steps, epochs or seconds, whichever is furthest
+  along). It ignores the validation loss.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 
 from .errors import CheckpointError, UsageError
 
-SCHEDULES = ("constant", "plateau", "mikolov")
+SCHEDULES = ("constant", "plateau", "mikolov", "cosine")
 
 
 @dataclass
@@ -40,6 +45,10 @@ class Schedule:
 
     def on_eval(self, val_loss: float) -> Decision:
         return Decision(self.lr)
+
+    def rate_at(self, progress: float) -> float | None:
+        """The rate for a step taken at `progress` (0..1) of the run; None: unchanged."""
+        return None
 
     def state_dict(self) -> dict:
         return {"name": self.name, "lr": self.lr}
@@ -115,6 +124,26 @@ class Mikolov(Schedule):
                 "prev": self.prev, "halving": self.halving}
 
 
+class Cosine(Schedule):
+    """Half-cosine decay from the base rate `lr` to zero over the run."""
+
+    name = "cosine"
+
+    def __init__(self, lr: float):
+        super().__init__(lr)
+        self.progress = 0.0  # the last fraction of the run seen by rate_at
+
+    def rate_at(self, progress: float) -> float:
+        self.progress = min(max(float(progress), 0.0), 1.0)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * self.progress))
+
+    def on_eval(self, val_loss: float) -> Decision:
+        return Decision(self.lr * 0.5 * (1.0 + math.cos(math.pi * self.progress)))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "progress": self.progress}
+
+
 def make_schedule(name: str, lr: float, min_improvement: float = 1.003) -> Schedule:
     name = name.lower()
     if name == "constant":
@@ -123,4 +152,6 @@ def make_schedule(name: str, lr: float, min_improvement: float = 1.003) -> Sched
         return Plateau(lr)
     if name == "mikolov":
         return Mikolov(lr, min_improvement)
+    if name == "cosine":
+        return Cosine(lr)
     raise UsageError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")

@@ -8,7 +8,7 @@ import pytest
 
 from rnn_gpu.errors import CheckpointError, UsageError
 from rnn_gpu.optim import SGD, Adagrad, Adam, clip_grad_norm, global_norm, make_optimizer
-from rnn_gpu.schedule import Mikolov, Plateau, Schedule, make_schedule
+from rnn_gpu.schedule import Cosine, Mikolov, Plateau, Schedule, make_schedule
 
 
 def _params(seed=0, dtype=np.float64):
@@ -169,4 +169,19 @@ def test_schedule_state_round_trip():
     with pytest.raises(CheckpointError):
         Plateau(1.0).load_state_dict(s.state_dict())
     with pytest.raises(UsageError):
-        make_schedule("cosine", 1.0)
+        make_schedule("linear", 1.0)
+
+
+def test_cosine_schedule_follows_progress_and_ignores_validation():
+    s = make_schedule("cosine", 0.4)
+    assert type(s) is Cosine and s.rate_at(0.0) == 0.4
+    assert s.rate_at(0.5) == pytest.approx(0.2)
+    assert s.rate_at(0.25) == pytest.approx(0.2 * (1 + math.sqrt(0.5)))
+    assert s.on_eval(9.0).lr == pytest.approx(0.2 * (1 + math.sqrt(0.5)))  # no reaction
+    assert s.rate_at(1.0) == pytest.approx(0.0, abs=1e-17)
+    assert s.rate_at(1.7) == s.rate_at(1.0) and s.rate_at(-1.0) == 0.4  # clamped
+    s.rate_at(0.3)
+    t = Cosine(0.4)
+    t.load_state_dict(s.state_dict())
+    assert (t.lr, t.progress) == (0.4, 0.3)
+    assert Schedule(0.1).rate_at(0.5) is None and Plateau(0.1).rate_at(0.5) is None
