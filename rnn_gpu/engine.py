@@ -34,6 +34,7 @@ class Workspace:
         self.scratch = e(B, H)
         self.carry = e(B, H)
         self.UT = None  # a C-contiguous U^T, only if params["U"] is not stored that way
+        self.SD = None  # (N, H) states times the output-dropout multipliers, when used
         if L > 1:
             self.G = e(L, B, H)
             self.dz_all = e(L, B, H)
@@ -109,11 +110,17 @@ class Engine:
             ops.forward_step(S[t], WT, S[t + 1], None if keep is None else keep[t], self.act,
                              ws.scratch)
 
-    def _output_layer(self, ws: Workspace, params, y, keep) -> None:
-        """Logits, loss per token, and dL/dlogits in place (the loss kernel of `output`)."""
+    def _output_layer(self, ws: Workspace, params, y, keep, drop=None) -> None:
+        """Logits, loss per token, and dL/dlogits in place (the loss kernel of `output`).
+        `drop` (T, B, H): multipliers on the states the output layer sees (dropout)."""
         xp, ops = self.xp, self.ops
         N, H = ws.logits.shape[0], self.sizes[1]
         S1 = ws.S[1:].reshape(N, H)
+        if drop is not None:
+            if ws.SD is None:
+                ws.SD = xp.empty((N, H), dtype=self.dtype)
+            xp.multiply(S1, drop.reshape(N, H), out=ws.SD)
+            S1 = ws.SD
         xp.matmul(S1, params["V"].T, out=ws.logits)
         ws.logits += params["c"]
         keep_flat = None if keep is None else keep.reshape(N)
@@ -124,18 +131,21 @@ class Engine:
         else:
             ops.squared_error(ws.logits, y.reshape(N, -1), keep_flat, ws.loss)
 
-    def _backward(self, ws: Workspace, params, x, keep, truncate: int | None) -> None:
+    def _backward(self, ws: Workspace, params, x, keep, truncate: int | None,
+                  drop=None) -> None:
         xp, ops = self.xp, self.ops
         g = self.grads
         W, V = params["W"], params["V"]
         T, B = x.shape[:2]
         N, H = T * B, self.sizes[1]
         S, E = ws.S, ws.E
-        S1 = S[1:].reshape(N, H)
+        S1 = S[1:].reshape(N, H) if drop is None else ws.SD  # what the output layer saw
         dlogits = ws.logits
         ops.outer_accum(g["V"], dlogits, S1, False)  # dV = sum_t delta_o_t s_t^T
         ops.bias_grad(dlogits, g["c"])
         xp.matmul(dlogits, V, out=E.reshape(N, H))  # e_t = V^T delta_o_t, all steps at once
+        if drop is not None:
+            E *= drop  # through the dropout multipliers
 
         k = truncate
         if k is None or k >= T - 1:  # full BPTT: one carried error
@@ -165,14 +175,15 @@ class Engine:
 
     # ---------------------------------------------------------------------------------
 
-    def loss_and_grads(self, params, x, y, h0, keep, truncate) -> tuple[float, dict, Any]:
-        """x, y, h0, keep: validated arrays on this backend (keep: (T, B) 0/1 or None)."""
+    def loss_and_grads(self, params, x, y, h0, keep, truncate, drop=None) -> tuple[float, dict, Any]:
+        """x, y, h0, keep, drop: validated arrays on this backend (keep: (T, B) 0/1 or
+        None; drop: (T, B, H) output-dropout multipliers or None)."""
         T, B = x.shape[:2]
         L = 0 if truncate is None or truncate >= T - 1 else truncate + 1
         ws = self.workspace(T, B, x.ndim == 3, L, keep is not None)
         self._forward(ws, params, x, h0, keep)
-        self._output_layer(ws, params, y, keep)
-        self._backward(ws, params, x, keep, truncate)
+        self._output_layer(ws, params, y, keep, drop)
+        self._backward(ws, params, x, keep, truncate, drop)
         loss = float(ws.loss.sum(dtype=self.xp.float64))
         return loss, self.grads, ws.S[T].copy()
 

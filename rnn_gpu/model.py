@@ -241,7 +241,21 @@ class RNN:
 
     # ---------------------------------------------------------------------------------
 
-    def loss_and_grads(self, x, y, h0=None, truncate=None, mask=None):
+    def _check_dropout(self, drop, T, B):
+        drop = self._array("dropout", drop)
+        if drop is None:
+            return None
+        want = (T, B, self.hidden_size)
+        if tuple(drop.shape) != want or drop.dtype.kind != "f":
+            raise ValueError(
+                f"dropout: expected float multipliers of shape {want} (0 for a dropped "
+                f"unit, 1/(1-p) for a kept one), got {drop.dtype} array of shape {tuple(drop.shape)}")
+        d = self.backend.asarray(drop, dtype=self.dtype)
+        if not bool((self.backend.xp.isfinite(d) & (d >= 0)).all()):
+            raise ValueError("dropout: expected finite multipliers >= 0")
+        return self.backend.xp.ascontiguousarray(d)
+
+    def loss_and_grads(self, x, y, h0=None, truncate=None, mask=None, dropout=None):
         """Summed loss, gradients and last state for one batch of sequences.
 
         x: token ids (T, B) or floats (T, B, I); y: ids (T, B) for softmax, floats
@@ -249,14 +263,17 @@ class RNN:
         at h0, so chunked truncated BPTT is one call per chunk); truncate: None for full
         BPTT or k >= 0 (each output's error reaches its own step and at most k earlier
         ones); mask: (T, B) 0/1, masked steps are skipped (no loss, no gradient, state
-        carried through unchanged). Inputs may be NumPy arrays on either backend.
+        carried through unchanged); dropout: (T, B, H) multipliers applied to the states
+        the output layer sees (inverted dropout: 0 or 1/(1-p); the recurrence is
+        untouched), or None. Inputs may be NumPy arrays on either backend.
 
         Returns (loss: float, grads: dict of backend arrays keyed like `params`,
         h_last: (B, H) backend array). The gradient arrays are reused by the next call.
         """
         truncate = self._check_truncate(truncate)
         xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
-        return self._engine.loss_and_grads(self.params, xb, yb, h0b, keep, truncate)
+        drop = self._check_dropout(dropout, *xb.shape[:2])
+        return self._engine.loss_and_grads(self.params, xb, yb, h0b, keep, truncate, drop)
 
     def loss(self, x, y, h0=None, mask=None) -> tuple[float, Any]:
         """Forward only: (summed loss, last state (B, H))."""
@@ -276,15 +293,17 @@ class RNN:
         logits, h_new = self.forward(x_t[None], h0=h)
         return logits[0], h_new
 
-    def reference_loss_and_grads(self, x, y, h0=None, truncate=None, mask=None):
+    def reference_loss_and_grads(self, x, y, h0=None, truncate=None, mask=None, dropout=None):
         """The clear float64 reference (rnn_gpu.reference) on this model's parameters.
 
         Returns (loss, grads as float64 NumPy arrays, h_last as a NumPy array).
         """
         truncate = self._check_truncate(truncate)
         xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
+        drop = self._check_dropout(dropout, *xb.shape[:2])
         return reference.loss_and_grads(
             {k: to_numpy(v) for k, v in self.params.items()}, to_numpy(xb), to_numpy(yb),
             h0=None if h0b is None else to_numpy(h0b), truncate=truncate,
             mask=None if keep is None else to_numpy(keep),
-            hidden_activation=self.hidden_activation, output=self.output)
+            hidden_activation=self.hidden_activation, output=self.output,
+            drop=None if drop is None else to_numpy(drop))

@@ -17,6 +17,10 @@ Backward, for each output t (seed 001's ``bptt``)::
         dW += dz s_{j-1}^T ;  dU += dz x_j^T ;  db += dz
         delta = W^T dz                       dL_t/ds_{j-1}
 
+Dropout on the output layer's input (``drop``, (T, B, H) multipliers d_t, e.g. 0 or
+1/(1-p)) replaces s_t by d_t * s_t in ``o_t`` only: dV uses d_t * s_t, and the error
+reaching s_t from its output is d_t * V^T (o_t - d_t). The recurrence is untouched.
+
 A masked step (mask 0) is skipped: it adds no loss, ignores its input, and passes the
 state through unchanged (s_j = s_{j-1}), so its Jacobian is the identity and no gradient
 reaches the parameters through it. Truncation windows count time steps, masked or not.
@@ -97,11 +101,12 @@ def forward(params, x, h0, mask, hidden_activation):
 
 
 def loss_and_grads(params, x, y, *, h0=None, truncate=None, mask=None,
-                   hidden_activation="tanh", output="softmax"):
+                   hidden_activation="tanh", output="softmax", drop=None):
     """Loss (float) and gradients (dict of float64 arrays) and the last state (B, H).
 
     x: ids (T, B) or floats (T, B, I); y: ids (T, B) for softmax, floats (T, B, O) otherwise;
-    h0: (B, H) or None for zeros; mask: (T, B) of 0/1 or None; truncate: None or int >= 0.
+    h0: (B, H) or None for zeros; mask: (T, B) of 0/1 or None; truncate: None or int >= 0;
+    drop: (T, B, H) output-dropout multipliers or None.
     """
     p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
     U, W, V, c = p["U"], p["W"], p["V"], p["c"]
@@ -113,6 +118,7 @@ def loss_and_grads(params, x, y, *, h0=None, truncate=None, mask=None,
     h0 = np.zeros((B, H)) if h0 is None else np.asarray(h0, dtype=np.float64)
     mask = np.ones((T, B)) if mask is None else np.asarray(mask, dtype=np.float64)
     k = T if truncate is None else int(truncate)
+    drop = np.ones((T, B, H)) if drop is None else np.asarray(drop, dtype=np.float64)
 
     s = forward(p, x, h0, mask, hidden_activation)  # (T+1, B, H)
 
@@ -120,15 +126,15 @@ def loss_and_grads(params, x, y, *, h0=None, truncate=None, mask=None,
     grads = {name: np.zeros_like(v) for name, v in p.items()}
     delta_o = []  # dL_t/dz_t per step, (B, O)
     for t in range(T):
-        z = s[t + 1] @ V.T + c  # (B, O)
+        z = (drop[t] * s[t + 1]) @ V.T + c  # (B, O)
         l_t, dz = output_loss(output, z, y[t])
         loss += float((l_t * mask[t]).sum())
         delta_o.append(dz * mask[t][:, None])
 
     for t in reversed(range(T)):  # for each output, backwards
-        grads["V"] += delta_o[t].T @ s[t + 1]
+        grads["V"] += delta_o[t].T @ (drop[t] * s[t + 1])
         grads["c"] += delta_o[t].sum(axis=0)
-        delta = delta_o[t] @ V  # dL_t/ds_t, (B, H)
+        delta = (delta_o[t] @ V) * drop[t]  # dL_t/ds_t, (B, H)
         for j in range(t, max(0, t - k) - 1, -1):  # step t and at most k earlier ones
             m = mask[j][:, None]
             dz = delta * activation_grad(hidden_activation, s[j + 1]) * m  # (B, H)
@@ -142,7 +148,8 @@ def loss_and_grads(params, x, y, *, h0=None, truncate=None, mask=None,
     return loss, grads, s[T].copy()
 
 
-def loss_only(params, x, y, *, h0=None, mask=None, hidden_activation="tanh", output="softmax"):
+def loss_only(params, x, y, *, h0=None, mask=None, hidden_activation="tanh", output="softmax",
+              drop=None):
     """The loss alone (full forward, no truncation), in float64."""
     p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
     x = np.asarray(x)
@@ -154,7 +161,8 @@ def loss_only(params, x, y, *, h0=None, mask=None, hidden_activation="tanh", out
     s = forward(p, x, h0, mask, hidden_activation)
     total = 0.0
     for t in range(T):
-        l_t, _ = output_loss(output, s[t + 1] @ p["V"].T + p["c"], y[t])
+        st = s[t + 1] if drop is None else np.asarray(drop[t], dtype=np.float64) * s[t + 1]
+        l_t, _ = output_loss(output, st @ p["V"].T + p["c"], y[t])
         total += float((l_t * mask[t]).sum())
     return total
 

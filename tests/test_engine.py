@@ -179,3 +179,24 @@ def test_forward_and_step_agree_with_loss():
     logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
     want = -np.take_along_axis(logp, y[..., None], -1).sum()
     assert m.loss(x, y, h0=h0)[0] == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("out,trunc,masked", [("softmax", None, False), ("softmax", 2, True),
+                                              ("sigmoid", None, True), ("linear", 1, False)])
+def test_output_dropout_matches_reference(dtype, out, trunc, masked):
+    m = randomize(rnn_gpu.RNN(I, H, O, backend="numpy", dtype=dtype, output=out))
+    x, y, h0, mask = make_problem(out, False, masked, True, T=T)
+    drop = (np.random.default_rng(1).random((T, x.shape[1], H)) >= 0.3) / 0.7
+    loss, grads, h = m.loss_and_grads(x, y, h0=h0, truncate=trunc, mask=mask, dropout=drop)
+    grads = {k: v.copy() for k, v in grads.items()}
+    rl, rg, rh = m.reference_loss_and_grads(x, y, h0=h0, truncate=trunc, mask=mask, dropout=drop)
+    assert loss == pytest.approx(rl, rel=TOL[dtype])
+    for k in grads:
+        assert rel_err(grads[k], rg[k]) < TOL[dtype], k
+    assert rel_err(h, rh) < TOL[dtype]
+    # multipliers of one are no dropout; the same workspace then gives the plain result
+    l1, g1, _ = m.loss_and_grads(x, y, h0=h0, truncate=trunc, mask=mask,
+                                 dropout=np.ones_like(drop))
+    l0, g0, _ = m.loss_and_grads(x, y, h0=h0, truncate=trunc, mask=mask)
+    assert l1 == pytest.approx(l0, rel=1e-12) and l1 != pytest.approx(loss, rel=1e-3)

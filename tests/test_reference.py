@@ -62,3 +62,29 @@ def test_truncation_changes_the_gradient():
     _, trunc, _ = reference.loss_and_grads(p, x, y, truncate=1)
     assert np.abs(full["W"] - trunc["W"]).max() > 1e-4
     np.testing.assert_allclose(full["V"], trunc["V"])  # the output layer is not truncated
+
+
+@pytest.mark.parametrize("out", reference.OUTPUTS)
+@pytest.mark.parametrize("masked", [False, True])
+def test_output_dropout_matches_finite_differences(out, masked):
+    x, y, h0, mask = make_problem(out, False, masked, True, T=T)
+    B = x.shape[1]
+    drop = (np.random.default_rng(5).random((T, B, H)) >= 0.4) / 0.6
+    p = _params()
+    kw = dict(hidden_activation="tanh", output=out, h0=h0, mask=mask)
+    loss, grads, _ = reference.loss_and_grads(p, x, y, drop=drop, **kw)
+    assert loss == pytest.approx(reference.loss_only(p, x, y, drop=drop, **kw), rel=1e-12)
+    assert loss != pytest.approx(reference.loss_only(p, x, y, **kw), rel=1e-6)  # it does something
+    eps = 1e-6
+    for name, v in p.items():
+        num = np.zeros_like(v)
+        for i in np.ndindex(v.shape):
+            old = v[i]
+            v[i] = old + eps
+            lp = reference.loss_only(p, x, y, drop=drop, **kw)
+            v[i] = old - eps
+            lm = reference.loss_only(p, x, y, drop=drop, **kw)
+            v[i] = old
+            num[i] = (lp - lm) / (2 * eps)
+        scale = max(np.abs(num).max(), 1e-12)
+        assert np.abs(grads[name] - num).max() / scale < 1e-6, name

@@ -70,6 +70,11 @@ def test_bad_dense_targets():
     ({"h0": np.full((B, H), np.nan)}, r"h0: expected finite values"),
     ({"truncate": -1}, r"truncate: expected None or an integer >= 0, got -1"),
     ({"truncate": 1.5}, r"truncate: expected None or an integer >= 0, got 1.5"),
+    ({"dropout": 0.2}, r"dropout: expected float multipliers of shape \(4, 2, 5\)"),
+    ({"dropout": np.ones((T, B, H + 1))}, r"dropout: expected float multipliers of shape \(4, 2, 5\)"),
+    ({"dropout": np.ones((T, B, H), dtype=int)}, r"dropout: expected float multipliers"),
+    ({"dropout": np.full((T, B, H), -1.0)}, r"dropout: expected finite multipliers >= 0"),
+    ({"dropout": np.full((T, B, H), np.nan)}, r"dropout: expected finite multipliers >= 0"),
 ])
 def test_bad_keywords(m, kw, match):
     with pytest.raises(ValueError, match=match):
