@@ -60,10 +60,14 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
     g.add_argument("--clip", type=float,
                    help=f"clip the global gradient norm to this; 0 = off (default {d.clip})")
-    g.add_argument("--schedule", choices=("constant", "plateau", "mikolov"),
+    g.add_argument("--dropout", type=float, metavar="P",
+                   help="dropout rate on the hidden states the output layer sees, in training "
+                   "(default 0)")
+    g.add_argument("--schedule", choices=("constant", "plateau", "mikolov", "cosine"),
                    help="learning-rate schedule (default constant): plateau = divide by 4 when "
                    "validation does not improve; mikolov = restore on regression, halve "
-                   "after a plateau, stop at the next")
+                   "after a plateau, stop at the next; cosine = from --lr down to 0 over "
+                   "the run (its steps, epochs or seconds)")
     g.add_argument("--min-improvement", type=float, metavar="R",
                    help=f"mikolov: improvement ratio that counts as progress (default {d.min_improvement})")
     g = p.add_argument_group("stopping and evaluation")
@@ -143,8 +147,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer.from_checkpoint(path, progress=progress, **opts)
     else:
         trainer = Trainer(TrainConfig(**opts), progress=progress)
-    trainer.fit()
+    result = trainer.fit()
     cfg = trainer.config
+    if result.stop_reason == "interrupted":
+        print(f"rnn-gpu: interrupted; the run is saved in {result.checkpoint} "
+              f"(continue it with: rnn-gpu train --resume {result.checkpoint})", file=sys.stderr)
+        return 130
     if cfg.sample_length:
         text = trainer.sample(cfg.sample_length, temperature=cfg.sample_temperature)
         trainer.console.rule("sample", style="dim")

@@ -80,6 +80,7 @@ class TrainConfig:
     lr: float | None = None  # None: optim.DEFAULT_LR[optimizer]
     momentum: float = 0.0
     clip: float | None = 5.0  # global gradient-norm clip; None or 0: off
+    dropout: float = 0.0  # dropout rate on the states the output layer sees (training only)
     schedule: str = "constant"
     min_improvement: float = 1.003  # Mikolov schedule
     # stopping and evaluation
@@ -136,6 +137,9 @@ class TrainConfig:
             raise UsageError(f"--explode-threshold: expected a number > 1, got {self.explode_threshold}")
         if not (isinstance(self.valid_fraction, (int, float)) and 0 < self.valid_fraction < 1):
             raise UsageError(f"--valid-fraction: expected a number in (0, 1), got {self.valid_fraction}")
+        if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+                and 0 <= self.dropout < 1):
+            raise UsageError(f"--dropout: expected a rate in [0, 1), got {self.dropout}")
         if self.input_init not in INPUT_INITS:
             raise UsageError(f"--input-init: expected one of {', '.join(INPUT_INITS)}, got {self.input_init!r}")
         if self.level not in ("char", "word"):
@@ -436,7 +440,8 @@ class Trainer:
         cfg, be = self.config, self.model.backend
         x, y = get_chunk(self.train_data, self.chunk * cfg.bptt, cfg.bptt)
         loss, grads, h = self.model.loss_and_grads(
-            be.asarray(x), be.asarray(y), h0=self.hidden, truncate=cfg.truncate
+            be.asarray(x), be.asarray(y), h0=self.hidden, truncate=cfg.truncate,
+            dropout=self._dropout_multipliers(x.shape) if cfg.dropout else None,
         )
         ntok = int(x.size)
         loss = float(loss)
@@ -458,6 +463,13 @@ class Trainer:
         self.chunk += 1
         self.tokens_total += ntok
         return loss, ntok
+
+    def _dropout_multipliers(self, shape) -> np.ndarray:
+        """(T, B, H) inverted-dropout multipliers, 0 or 1/(1-p), from the run's random
+        stream (saved in checkpoints, so a resumed run draws the same ones)."""
+        p, dt = self.config.dropout, self.model.dtype
+        keep = self.rng.random((*shape, self.config.hidden), dtype=np.float32) >= p
+        return keep.astype(dt) * dt.type(1.0 / (1.0 - p))
 
     def _diverged(self, what: str) -> None:
         kept = (f"the last good checkpoint is kept at {self.last_saved}" if self.last_saved
@@ -497,6 +509,7 @@ class Trainer:
         self._stop_reason = ""
         self._log_header(epochs, max_steps, budget)
         start = self._fit_start = time.perf_counter()
+        p0 = getattr(self.schedule, "progress", 0.0)  # where a resumed run left off
         tokens_here = 0
         loss_sum, loss_tok = 0.0, 0  # since the last evaluation
         last_eval_step = -1
@@ -515,6 +528,9 @@ class Trainer:
                     self._stop_reason = "interrupted"
                 if self._stop_reason:
                     break
+                lr = self.schedule.rate_at(self._progress(now, p0, epochs, max_steps, budget))
+                if lr is not None:
+                    self.optimizer.lr = lr
                 loss, ntok = self.train_step()
                 loss_sum += loss
                 loss_tok += ntok
@@ -558,6 +574,20 @@ class Trainer:
             plot_history(self.history, cfg.plot)
             self._print(f"curves written to {cfg.plot}")
         return result
+
+    def _progress(self, now: float, p0: float, epochs, max_steps, budget) -> float:
+        """Fraction of the run done, by whichever stopping rule is furthest along. Steps
+        and epochs count from the start of the run; seconds count in this call, which
+        covers what the previous calls left (from `p0`) to the end."""
+        done = [0.0]
+        if max_steps is not None:
+            done.append(self.step / max_steps)
+        if epochs is not None:
+            cpe = self.chunks_per_epoch
+            done.append((self.epoch * cpe + self.chunk) / (epochs * cpe))
+        if budget is not None:
+            done.append(p0 + (1.0 - p0) * now / budget)
+        return min(max(done), 1.0)
 
     def _evaluation(self, start: float, train_loss: float, *, scheduled: bool, progress,
                     end_of_epoch: bool = False) -> None:

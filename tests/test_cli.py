@@ -69,6 +69,27 @@ def test_sample_command_is_deterministic(trained, capsys):
     assert capsys.readouterr().out.startswith("the cat")
 
 
+def test_ctrl_c_saves_the_run_and_exits_130(tmp_path, corpus, capsys, monkeypatch):
+    from rnn_gpu.train import Trainer
+
+    real = Trainer.train_step
+
+    def step_then_ctrl_c(self):
+        out = real(self)
+        if self.step == 3:
+            self._interrupted = True  # what the SIGINT handler does
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    ck = tmp_path / "ck.npz"
+    rc = main(["train", "--data", str(corpus), "--out", str(ck), "--max-steps", "50", *SMALL])
+    out = capsys.readouterr()
+    assert rc == 130
+    assert "stopped: interrupted" in out.out and "sample" not in out.out
+    assert f"rnn-gpu train --resume {ck}" in out.err
+    assert load_checkpoint(ck).train_state["step"] == 3
+
+
 def test_resume_via_cli_matches_uninterrupted(tmp_path, corpus, capsys):
     common = ["train", "--data", str(corpus), "--sample-length", "0", "--eval-every", "4", *SMALL]
     assert main([*common, "--out", str(tmp_path / "a.npz"), "--max-steps", "12"]) == 0

@@ -71,20 +71,31 @@ def test_token_nll_matches_engine_loss(tmp_path, text_file):
     assert evaluate(tr.model, tr.train_data[:13], 12) == pytest.approx(loss / y.size, rel=1e-5)
 
 
-@pytest.mark.parametrize("schedule", ["constant", "plateau", "mikolov"])
-def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, text_file, schedule):
+@pytest.mark.parametrize("schedule,dropout", [("constant", 0.0), ("plateau", 0.0),
+                                              ("mikolov", 0.0), ("cosine", 0.0),
+                                              ("constant", 0.3)])
+def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, text_file, schedule, dropout):
     # 34 steps cross an epoch boundary (the corpus has 23 chunks per epoch) and several
     # scheduled evaluations; the interruption at step 17 falls mid-epoch.
-    kw = dict(schedule=schedule, eval_every=5, lr=3e-2, batch_size=8, bptt=16)
+    kw = dict(schedule=schedule, eval_every=5, lr=3e-2, batch_size=8, bptt=16, dropout=dropout)
     full = Trainer(small_config(tmp_path, text_file, max_steps=34, out=str(tmp_path / "a.npz"), **kw),
                    console=quiet())
     assert full.chunks_per_epoch < 34
     full.fit()
 
-    first = Trainer(small_config(tmp_path, text_file, max_steps=17, out=str(tmp_path / "b.npz"), **kw),
+    # the second run is stopped at step 17 as Ctrl-C stops it, and resumed as it was saved
+    first = Trainer(small_config(tmp_path, text_file, max_steps=34, out=str(tmp_path / "b.npz"), **kw),
                     console=quiet())
-    first.fit()
-    resumed = Trainer.from_checkpoint(tmp_path / "b.npz", console=quiet(), max_steps=34)
+    real = first.train_step
+
+    def step_then_ctrl_c():
+        out = real()
+        first._interrupted = first._interrupted or first.step == 17
+        return out
+
+    first.train_step = step_then_ctrl_c
+    assert first.fit().stop_reason == "interrupted"
+    resumed = Trainer.from_checkpoint(tmp_path / "b.npz", console=quiet())
     assert resumed.step == 17
     resumed.fit()
 
@@ -151,11 +162,85 @@ def test_mikolov_restores_weights_when_validation_worsens(tmp_path, text_file):
         np.testing.assert_array_equal(tr.model.params[k], v)
 
 
+def test_cosine_schedule_anneals_to_zero_over_the_stopping_rule(tmp_path, text_file):
+    # 23 chunks per epoch with these sizes; 2 epochs = 46 steps
+    for stop in ({"max_steps": 30}, {"epochs": 2}):
+        tr = Trainer(small_config(tmp_path, text_file, schedule="cosine", lr=0.1, batch_size=8,
+                                  bptt=16, **stop), console=quiet())
+        seen = []
+        real = tr.train_step
+
+        def spy():
+            seen.append(tr.optimizer.lr)
+            return real()
+
+        tr.train_step = spy
+        tr.fit()
+        n = len(seen)
+        assert n == (30 if "max_steps" in stop else 2 * tr.chunks_per_epoch)
+        expect = [0.05 * (1 + math.cos(math.pi * i / n)) for i in range(n)]
+        np.testing.assert_allclose(seen, expect, rtol=1e-12, atol=1e-15)
+        assert seen[0] == 0.1 and 0 < seen[-1] < 0.1 * (1 - math.cos(math.pi / n))
+
+
+def test_cosine_schedule_over_a_time_budget_continues_after_resume(tmp_path, text_file):
+    import time as _time
+
+    tr = Trainer(small_config(tmp_path, text_file, schedule="cosine", lr=0.1, time_budget=0.6),
+                 console=quiet())
+    seen = []
+    real = tr.train_step
+
+    def spy():
+        seen.append(tr.optimizer.lr)
+        _time.sleep(0.01)
+        return real()
+
+    tr.train_step = spy
+    tr.fit()
+    assert seen[0] == pytest.approx(0.1, rel=1e-3) and seen[-1] < 0.01
+    assert all(a >= b for a, b in zip(seen, seen[1:]))  # decreasing in time
+    p = tr.schedule.progress
+    assert 0.95 < p <= 1.0
+    # a run stopped half way goes on from where it was, down to zero over the new budget
+    half = Trainer(small_config(tmp_path, text_file, schedule="cosine", lr=0.1, time_budget=0.6,
+                                out=str(tmp_path / "h.npz")), console=quiet())
+    half.schedule.progress = 0.5
+    half.save()
+    resumed = Trainer.from_checkpoint(tmp_path / "h.npz", console=quiet(), time_budget=0.3)
+    seen.clear()
+    resumed.train_step = lambda: (seen.append(resumed.optimizer.lr), _time.sleep(0.01),
+                                  Trainer.train_step(resumed))[-1]
+    resumed.fit()
+    assert seen[0] == pytest.approx(0.05, rel=0.05) and seen[-1] < 0.01
+
+
+def test_dropout_draws_new_multipliers_each_step_and_is_off_in_evaluation(tmp_path, text_file):
+    tr = Trainer(small_config(tmp_path, text_file, dropout=0.5, max_steps=2), console=quiet())
+    seen = []
+    real = tr.model.loss_and_grads
+
+    def spy(*a, **k):
+        seen.append(k["dropout"])
+        return real(*a, **k)
+
+    tr.model.loss_and_grads = spy
+    before = tr.evaluate()
+    assert tr.evaluate() == before  # evaluation is deterministic: no dropout there
+    tr.fit()
+    assert len(seen) == 2 and seen[0].shape == (12, 4, 24)
+    for d in seen:
+        assert set(np.unique(d)) == {0.0, 2.0}
+        assert 0.4 < (d == 0).mean() < 0.6
+    assert not np.array_equal(seen[0], seen[1])
+
+
 def test_bad_config_values(tmp_path, text_file):
     for kw, flag in [({"hidden": 0}, "--hidden"), ({"batch_size": -2}, "--batch-size"),
                      ({"bptt": 0}, "--bptt"), ({"lr": 0.0}, "--lr"), ({"lr": -1.0}, "--lr"),
                      ({"max_steps": 0}, "--max-steps"), ({"time_budget": -5.0}, "--time-budget"),
                      ({"clip": -1.0}, "--clip"), ({"truncate": 0}, "--truncate"),
+                     ({"dropout": 1.0}, "--dropout"), ({"dropout": -0.1}, "--dropout"),
                      ({"out": str(tmp_path / "missing" / "ck.npz")}, "--out")]:
         with pytest.raises(UsageError, match=flag):
             Trainer(small_config(tmp_path, text_file, **kw), console=quiet())
