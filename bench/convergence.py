@@ -18,6 +18,7 @@ Prints one JSON line per run and appends it to --out (bench/results/convergence.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -40,9 +41,12 @@ def parse_args(argv=None):
     p.add_argument("--bptt", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--clip", type=float, default=5.0)
-    p.add_argument("--schedule", choices=("constant", "plateau"), default="constant",
-                   help="learning rate, for both: constant, or divided by 4 after an epoch "
-                        "whose validation loss is not the best so far (default constant)")
+    p.add_argument("--schedule", choices=("constant", "plateau", "mikolov", "cosine"),
+                   default="constant",
+                   help="learning-rate schedule, the same rnn_gpu.schedule object driving both "
+                        "(default constant); cosine decays to zero over --budget seconds")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout on the RNN outputs before the output layer, for both (default 0)")
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for both (default: all)")
@@ -60,6 +64,7 @@ def record(args, impl: str, **fields) -> dict:
         "bench": "convergence", "impl": impl, "data": Path(args.data).name,
         "budget_s": args.budget, "hidden": args.hidden, "batch_size": args.batch_size,
         "bptt": args.bptt, "lr": args.lr, "clip": args.clip, "schedule": args.schedule,
+        "dropout": args.dropout,
         "threads": args.threads,
         **fields, "cpu": info.get("cpu"), "numpy": info.get("numpy"), "blas": info.get("blas"),
         "date": time.strftime("%Y-%m-%d"),
@@ -76,6 +81,7 @@ def run_rnn_gpu(args) -> dict:
             data=args.data, valid_fraction=args.valid_fraction, level="char", hidden=args.hidden,
             batch_size=args.batch_size, bptt=args.bptt, optimizer="adam", lr=args.lr,
             clip=args.clip, schedule=args.schedule, time_budget=args.budget, seed=args.seed,
+            dropout=args.dropout,
             backend=args.backend,
             out=str(Path(tmp) / "ck.npz"), sample_length=0,
         )
@@ -96,6 +102,7 @@ def run_torch(args) -> dict:
     from torch import nn
 
     from rnn_gpu.data import batchify, get_chunk, load_corpus, n_chunks
+    from rnn_gpu.schedule import make_schedule
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -111,10 +118,11 @@ def run_torch(args) -> dict:
             self.emb = nn.Embedding(V, H)
             self.rnn = nn.RNN(H, H, nonlinearity="tanh")
             self.out = nn.Linear(H, V)
+            self.drop = nn.Dropout(args.dropout)
 
         def forward(self, x, h):
             y, h = self.rnn(self.emb(x), h)
-            return self.out(y), h
+            return self.out(self.drop(y)), h
 
     model = Model()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -139,8 +147,13 @@ def run_torch(args) -> dict:
     start = time.perf_counter()
     h = torch.zeros(1, args.batch_size, H)
     k = 0
-    best = None  # best validation loss so far (plateau schedule)
+    schedule = make_schedule(args.schedule, args.lr)  # the rule rnn-gpu's Trainer follows
+    saved = None  # mikolov: the weights of the previous evaluation
     while time.perf_counter() - start < args.budget:
+        rate = schedule.rate_at((time.perf_counter() - start) / args.budget)
+        if rate is not None:
+            for group in opt.param_groups:
+                group["lr"] = rate
         x, y = get_chunk(train, k * args.bptt, args.bptt)
         h = h.detach()
         logits, h = model(x, h)
@@ -157,14 +170,18 @@ def run_torch(args) -> dict:
             h = torch.zeros(1, args.batch_size, H)
             vl = evaluate()
             curve.append((round(time.perf_counter() - start, 3), round(math.exp(vl), 3)))
-            if args.schedule == "plateau":  # the same rule as rnn_gpu.schedule.Plateau
-                if best is None or vl < best:
-                    best = vl
-                else:
-                    for group in opt.param_groups:
-                        group["lr"] /= 4.0
+            d = schedule.on_eval(vl)
+            if d.restore and saved is not None:
+                model.load_state_dict(saved)
+            elif schedule.keeps_weights:
+                saved = copy.deepcopy(model.state_dict())
+            for group in opt.param_groups:
+                group["lr"] = d.lr
             print(f"torch: end of epoch {epochs} | valid ppl {math.exp(vl):.3f} | "
-                  f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+                  f"{time.perf_counter() - start:.1f} s{' | ' + d.note if d.note else ''}",
+                  file=sys.stderr)
+            if d.stop:
+                break
     seconds = time.perf_counter() - start
     vl = evaluate()
     curve.append((round(time.perf_counter() - start, 3), round(math.exp(vl), 3)))
