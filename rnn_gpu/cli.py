@@ -44,7 +44,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activation", choices=("tanh", "sigmoid", "relu"), help="hidden nonlinearity (default tanh)")
     g.add_argument("--input-init", choices=("embedding", "uniform"),
                    help="embedding (default): U starts in +-1 and, with adam/adagrad, learns "
-                        "sqrt(H) times faster; uniform: the RNN's +-1/sqrt(H) and one rate")
+                        "--input-lr-scale times faster; uniform: the RNN's +-1/sqrt(H) and one rate")
+    g.add_argument("--input-lr-scale", type=float, metavar="X",
+                   help="multiplier of U's learning rate (default 2*sqrt(H) with the embedding "
+                        "init and adam/adagrad, else 1)")
     g.add_argument("--dtype", choices=("float32", "float64"), help="parameter dtype (default float32)")
     g.add_argument("--backend", choices=("auto", "numpy", "cupy"), help="array backend (default auto)")
     g.add_argument("--seed", type=int, help=f"seed for initialization and sampling (default {d.seed})")

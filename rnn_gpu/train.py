@@ -47,6 +47,7 @@ DEFAULT_CHECKPOINT = "rnn-gpu-checkpoint.npz"
 RESUME_FIXED = (
     "level", "vocab_size", "valid_fraction", "hidden", "batch_size", "bptt", "activation",
     "dtype", "seed", "optimizer", "momentum", "schedule", "min_improvement", "input_init",
+    "input_lr_scale",
 )
 INPUT_INITS = ("embedding", "uniform")
 
@@ -65,9 +66,10 @@ class TrainConfig:
     hidden: int = 128
     activation: str = "tanh"
     # "embedding": U (a token's column is its embedding) starts uniform in +-1 and, with
-    # adam/adagrad, learns sqrt(hidden) times faster, so each step moves it by the same
-    # fraction of its scale as W and V; "uniform": the RNN's +-1/sqrt(hidden), one rate
+    # adam/adagrad, learns input_lr_scale times faster; "uniform": the RNN's
+    # +-1/sqrt(hidden), one rate
     input_init: str = "embedding"
+    input_lr_scale: float | None = None  # None: 2 * sqrt(hidden) (embedding init, adam/adagrad)
     dtype: str = "float32"
     backend: str = "auto"
     seed: int = 0
@@ -140,6 +142,7 @@ class TrainConfig:
         if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
                 and 0 <= self.dropout < 1):
             raise UsageError(f"--dropout: expected a rate in [0, 1), got {self.dropout}")
+        positive_num("input_lr_scale", self.input_lr_scale, optional=True)
         if self.input_init not in INPUT_INITS:
             raise UsageError(f"--input-init: expected one of {', '.join(INPUT_INITS)}, got {self.input_init!r}")
         if self.level not in ("char", "word"):
@@ -344,8 +347,10 @@ class Trainer:
     def lr_scale(self) -> dict:
         """Per-parameter rate multipliers implied by the configuration."""
         cfg = self.config
+        if cfg.input_lr_scale is not None:
+            return {"U": float(cfg.input_lr_scale)}
         if cfg.input_init == "embedding" and cfg.optimizer in ("adam", "adagrad"):
-            return {"U": math.sqrt(cfg.hidden)}
+            return {"U": 2.0 * math.sqrt(cfg.hidden)}
         return {}
 
     # ---- resuming -------------------------------------------------------------------
@@ -373,6 +378,9 @@ class Trainer:
                     f"{saved.get(k)}; a resumed run keeps the checkpoint's value"
                 )
         d = {**saved, "out": str(path)}
+        if "input_lr_scale" not in saved and saved.get("input_init", "embedding") == "embedding" \
+                and saved.get("optimizer") in ("adam", "adagrad"):
+            d["input_lr_scale"] = math.sqrt(saved["hidden"])  # runs saved before the option
         stops = ("epochs", "max_steps", "time_budget")
         if any(overrides.get(k) is not None for k in stops):  # new stopping rules replace the old
             d.update(dict.fromkeys(stops))

@@ -45,10 +45,25 @@ def test_embedding_init_scales_u_and_its_rate(tmp_path):
     np.testing.assert_array_equal(emb.model.params["W"], uni.model.params["W"])
     assert np.abs(emb.model.params["U"]).max() <= 1.0
     assert np.abs(emb.model.params["U"]).max() > 0.5
-    assert emb.optimizer.lr_scale == {"U": math.sqrt(16)}
+    assert emb.optimizer.lr_scale == {"U": 2 * math.sqrt(16)}
+    own = Trainer(TrainConfig(input_lr_scale=3.0, **common), progress=False)
+    assert own.optimizer.lr_scale == {"U": 3.0}
     assert uni.optimizer.lr_scale == {}
     sgd = Trainer(TrainConfig(optimizer="sgd", **common), progress=False)
     assert sgd.optimizer.lr_scale == {}  # a rate multiplier means nothing to plain SGD
+
+
+def test_input_lr_scale_is_validated_and_kept_on_resume(tmp_path):
+    data = _corpus(tmp_path)
+    with pytest.raises(UsageError, match="--input-lr-scale: expected a positive number"):
+        TrainConfig(data=str(data), input_lr_scale=0.0).validate()
+    ck = tmp_path / "ck.npz"
+    common = dict(data=str(data), hidden=16, batch_size=4, bptt=8, out=str(ck), sample_length=0,
+                  backend="numpy")
+    Trainer(TrainConfig(max_steps=2, input_lr_scale=5.0, **common), progress=False).fit()
+    assert Trainer.from_checkpoint(ck, progress=False, max_steps=4).optimizer.lr_scale == {"U": 5.0}
+    with pytest.raises(UsageError, match="--input-lr-scale 6.0 differs"):
+        Trainer.from_checkpoint(ck, progress=False, input_lr_scale=6.0)
 
 
 def test_input_init_is_validated(tmp_path):
