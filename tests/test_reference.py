@@ -23,6 +23,22 @@ def _params(seed=3):
             "c": rng.uniform(-.3, .3, O)}
 
 
+def _assert_matches_central_differences(f, p, grads, eps=1e-6):
+    """Each gradient in `grads` against central differences of f(p), entry by entry."""
+    for name, v in p.items():
+        num = np.zeros_like(v)
+        for i in np.ndindex(v.shape):
+            old = v[i]
+            v[i] = old + eps
+            lp = f(p)
+            v[i] = old - eps
+            lm = f(p)
+            v[i] = old
+            num[i] = (lp - lm) / (2 * eps)
+        scale = max(np.abs(num).max(), 1e-12)
+        assert np.abs(grads[name] - num).max() / scale < 1e-6, name
+
+
 @pytest.mark.parametrize("act,out,trunc,dense,masked,with_h0", CONFIGS)
 def test_reference_matches_finite_differences(act, out, trunc, dense, masked, with_h0):
     x, y, h0, mask = make_problem(out, dense, masked, with_h0, T=T)
@@ -39,19 +55,7 @@ def test_reference_matches_finite_differences(act, out, trunc, dense, masked, wi
         f = lambda q: reference.truncated_surrogate_loss(  # noqa: E731
             q, anchors, x, y, truncate=trunc, mask=mask, **kw)
     assert loss == pytest.approx(reference.loss_only(p, x, y, h0=h0, mask=mask, **kw), rel=1e-12)
-    eps = 1e-6
-    for name, v in p.items():
-        num = np.zeros_like(v)
-        for i in np.ndindex(v.shape):
-            old = v[i]
-            v[i] = old + eps
-            lp = f(p)
-            v[i] = old - eps
-            lm = f(p)
-            v[i] = old
-            num[i] = (lp - lm) / (2 * eps)
-        scale = max(np.abs(num).max(), 1e-12)
-        assert np.abs(grads[name] - num).max() / scale < 1e-6, name
+    _assert_matches_central_differences(f, p, grads)
 
 
 def test_truncation_changes_the_gradient():
@@ -75,16 +79,5 @@ def test_output_dropout_matches_finite_differences(out, masked):
     loss, grads, _ = reference.loss_and_grads(p, x, y, drop=drop, **kw)
     assert loss == pytest.approx(reference.loss_only(p, x, y, drop=drop, **kw), rel=1e-12)
     assert loss != pytest.approx(reference.loss_only(p, x, y, **kw), rel=1e-6)  # it does something
-    eps = 1e-6
-    for name, v in p.items():
-        num = np.zeros_like(v)
-        for i in np.ndindex(v.shape):
-            old = v[i]
-            v[i] = old + eps
-            lp = reference.loss_only(p, x, y, drop=drop, **kw)
-            v[i] = old - eps
-            lm = reference.loss_only(p, x, y, drop=drop, **kw)
-            v[i] = old
-            num[i] = (lp - lm) / (2 * eps)
-        scale = max(np.abs(num).max(), 1e-12)
-        assert np.abs(grads[name] - num).max() / scale < 1e-6, name
+    _assert_matches_central_differences(
+        lambda q: reference.loss_only(q, x, y, drop=drop, **kw), p, grads)
