@@ -133,12 +133,15 @@ class Cosine(Schedule):
         super().__init__(lr)
         self.progress = 0.0  # the last fraction of the run seen by rate_at
 
-    def rate_at(self, progress: float) -> float:
-        self.progress = min(max(float(progress), 0.0), 1.0)
+    def _current(self) -> float:
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * self.progress))
 
+    def rate_at(self, progress: float) -> float:
+        self.progress = min(max(float(progress), 0.0), 1.0)
+        return self._current()
+
     def on_eval(self, val_loss: float) -> Decision:
-        return Decision(self.lr * 0.5 * (1.0 + math.cos(math.pi * self.progress)))
+        return Decision(self._current())
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "progress": self.progress}

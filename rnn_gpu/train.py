@@ -477,7 +477,7 @@ class Trainer:
         stream (saved in checkpoints, so a resumed run draws the same ones)."""
         p, dt = self.config.dropout, self.model.dtype
         keep = self.rng.random((*shape, self.config.hidden), dtype=np.float32) >= p
-        return keep.astype(dt) * dt.type(1.0 / (1.0 - p))
+        return np.multiply(keep, dt.type(1.0 / (1.0 - p)), dtype=dt)  # one pass
 
     def _diverged(self, what: str) -> None:
         kept = (f"the last good checkpoint is kept at {self.last_saved}" if self.last_saved
