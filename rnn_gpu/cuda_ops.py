@@ -334,6 +334,7 @@ def bias_grad(dz, out) -> None:
 # transpose of a C-contiguous array, and is passed as that array with op = T.
 
 _TF32 = False
+_CUPY_COMPUTE_TYPE = None  # cupy.matmul's float32 compute type before set_tf32 changed it
 _ONE = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1, np.float64)}
 _ZERO = {np.dtype(np.float32): np.zeros(1, np.float32), np.dtype(np.float64): np.zeros(1, np.float64)}
 _CUDA_R_32F = 0
@@ -404,18 +405,22 @@ def set_tf32(on: bool) -> None:
     1e-3 relative to sum |a_i b_i| rather than float32's 1e-7 scale, and gradients agree
     with the float64 reference to about 1e-2 relative (the GPU tests check 3e-2), against
     1e-4 in plain float32. Good for training speed on sm_80+, not for gradient checks.
+
+    Turning it off gives ``cupy.matmul`` back the compute type it had before the first
+    :func:`set_tf32` call (so a user's ``CUPY_TF32=1`` still holds for CuPy's own matmul).
     """
-    global _TF32
+    global _TF32, _CUPY_COMPUTE_TYPE
     _TF32 = bool(on)
     try:
         from cupy._core import _routines_linalg as rl  # noqa: PLC0415 - private CuPy API
 
-        default = getattr(rl, "COMPUTE_TYPE_DEFAULT", 1)
         tf32 = getattr(rl, "COMPUTE_TYPE_TF32", 7)
         if _TF32 and int(cupy.cuda.Device().compute_capability) < 80:
             _TF32 = False
             log.warning("rnn_gpu: TF32 needs compute capability 8.0 or newer; staying in float32")
-        rl.set_compute_type(np.float32, tf32 if _TF32 else default)
+        if _CUPY_COMPUTE_TYPE is None:
+            _CUPY_COMPUTE_TYPE = rl.get_compute_type(np.float32)
+        rl.set_compute_type(np.float32, tf32 if _TF32 else _CUPY_COMPUTE_TYPE)
     except (ImportError, AttributeError):  # pragma: no cover - depends on the CuPy version
         log.warning("rnn_gpu: cannot set CuPy's compute type; cupy.matmul follows CUPY_TF32")
 
@@ -442,14 +447,22 @@ def _outer_args(K: str, dW, a, b):
     return dt, N, M, Kc
 
 
+_TILED_MAX_M = 65535 * OUTER_TILE  # the tiled grid's y dimension covers M in tiles
+
+
+def tiled_fits(M: int) -> bool:
+    """Whether the tiled kernel's grid can cover M columns of `a` (gridDim.y <= 65535)."""
+    return M <= _TILED_MAX_M
+
+
 def outer_accum_tiled(dW, a, b, accumulate: bool) -> None:
     """dW (M, K) (+)= a (N, M)^T b (N, K) with the shared-memory tiled kernel."""
     dt, N, M, Kc = _outer_args("outer_accum", dW, a, b)
     if M == 0 or Kc == 0:
         return
+    if not tiled_fits(M):
+        _fail("outer_accum", "a", f"at most {_TILED_MAX_M} columns", _desc(a))
     grid = (-(-Kc // OUTER_TILE), -(-M // OUTER_TILE))
-    if grid[1] > 65535:
-        _fail("outer_accum", "a", f"at most {65535 * OUTER_TILE} columns", _desc(a))
     _kernel("rnn_outer.cu", f"rnn_outer_accum_{_FLOAT[dt]}")(
         grid, (OUTER_THREADS, OUTER_THREADS),
         (dW, a, b, np.int32(N), np.int32(M), np.int32(Kc), np.int32(bool(accumulate))))
@@ -500,16 +513,27 @@ def outer_accum(dW, a, b, accumulate: bool) -> None:
     key = (N, M, Kc, dt.char, _TF32)
     name = _OUTER_CHOICE.get(key)
     if name is None:
-        if cupy.cuda.get_current_stream().is_capturing():
-            name = "cublas"
-        else:
-            scratch = cupy.empty_like(dW)  # dW itself may hold a sum to accumulate onto
-            t = {v: _time_outer(v, scratch, a, b) for v in OUTER_VERSIONS}
-            name = min(t, key=t.get)
-            _OUTER_CHOICE[key] = name
-            log.debug("rnn_gpu: outer_accum N=%d M=%d K=%d %s: cublas %.3f ms, tiled %.3f ms "
-                      "-> %s", N, M, Kc, dt, t["cublas"], t["tiled"], name)
+        capturing = cupy.cuda.get_current_stream().is_capturing()
+        scratch = None if capturing else cupy.empty_like(dW)  # dW may hold a sum to keep
+        name = choose_outer(key, M, capturing, lambda v: _time_outer(v, scratch, a, b))
     OUTER_VERSIONS[name](dW, a, b, accumulate)
+
+
+def choose_outer(key: tuple, M: int, capturing: bool, time_version) -> str:
+    """The outer-product version for an untimed shape `key`: cuBLAS where the tiled grid
+    cannot cover M (chosen for good) or during a graph capture (no timing there; left
+    untimed), else the faster of ``time_version(name)`` (ms) over OUTER_VERSIONS, cached."""
+    if not tiled_fits(M):
+        _OUTER_CHOICE[key] = "cublas"
+        return "cublas"
+    if capturing:
+        return "cublas"
+    t = {v: time_version(v) for v in OUTER_VERSIONS}
+    name = min(t, key=t.get)
+    _OUTER_CHOICE[key] = name
+    log.debug("rnn_gpu: outer_accum %s: %s -> %s", key,
+              ", ".join(f"{v} {ms:.3f} ms" for v, ms in t.items()), name)
+    return name
 
 
 # -------------------------------------------------------------------------------------
