@@ -126,8 +126,15 @@ class GraphedStep:
                 self.stream.begin_capture()
                 try:
                     self._step(params)
-                finally:
-                    graph = self.stream.end_capture()
+                except BaseException:
+                    # The stream must leave capture mode, but the capture is already
+                    # invalid and ending it fails too: report the step's own error.
+                    try:
+                        self.stream.end_capture()
+                    except Exception:  # noqa: BLE001
+                        pass
+                    raise
+                graph = self.stream.end_capture()
         self.graph = graph
         self._capture_memory = kept
         self.capture_allocations = len(kept)
