@@ -512,13 +512,15 @@ def _torch(model, x, y, device: str, dtype: str, threads: int) -> Impl:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     p = TorchRNN(model.params, device=device, dtype=dtype)
+    # Read the loss back like our step does (RNN.loss_and_grads returns a float), so both
+    # sides pay the same host sync per step and neither runs ahead of the timer.
+    fn = (lambda: p.step(x, y).item())
     if device == "cuda":
-        fn = (lambda: p.step(x, y))
         dev = f"{torch.cuda.get_device_name()} (cuDNN {torch.backends.cudnn.version()})"
         return Impl("torch", "torch-cuda", dev, fn, torch_cuda_timer,
                     lambda: p.loss_and_grads(x, y), gpu=True, extra={"peer": p})
     return Impl("torch", "torch-cpu", f"{describe().get('cpu', 'CPU')} ({threads} threads)",
-                lambda: p.step(x, y), wall_timer, lambda: p.loss_and_grads(x, y),
+                fn, wall_timer, lambda: p.loss_and_grads(x, y),
                 extra={"peer": p})
 
 

@@ -116,6 +116,22 @@ def test_torch_peer_row(tmp_path):
     assert rows["step:rnn_gpu"]["speedups"]["torch-cpu"] > 0
 
 
+def test_timed_steps_read_their_loss_back():
+    # Our step returns the loss as a float (a host sync on a GPU); the timed PyTorch step
+    # must do the same, or it could queue work past the timer's end event.
+    pytest.importorskip("torch")
+    import rnn_gpu
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 13, (6, 4)), rng.integers(0, 13, (6, 4))
+    model = rnn_gpu.RNN(13, 16, 13, backend="numpy", seed=0)
+    ours = bench._ours(rnn_gpu.get_backend("numpy"), model, x, y)
+    theirs = bench._torch(model, x, y, "cpu", "float32", 1)
+    loss = theirs.fn()
+    assert type(loss) is float and type(ours.fn()[0]) is float
+    assert loss == pytest.approx(ours.fn()[0], rel=1e-5)
+
+
 def _write(path, rows):
     base = {"device": "d", "dtype": "float32", "versions": {}, "command": "c", "date": "2025-01-01"}
     path.write_text("".join(json.dumps({**base, **r}) + "\n" for r in rows))
