@@ -64,7 +64,7 @@ def record(args, impl: str, **fields) -> dict:
         "bench": "convergence", "impl": impl, "data": Path(args.data).name,
         "budget_s": args.budget, "hidden": args.hidden, "batch_size": args.batch_size,
         "bptt": args.bptt, "lr": args.lr, "clip": args.clip, "schedule": args.schedule,
-        "dropout": args.dropout,
+        "dropout": args.dropout, "seed": args.seed,
         "threads": args.threads,
         **fields, "cpu": info.get("cpu"), "numpy": info.get("numpy"), "blas": info.get("blas"),
         "date": time.strftime("%Y-%m-%d"),
