@@ -200,15 +200,21 @@ def _read_source(path: str) -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
+def module_source(filename: str, defines: tuple[tuple[str, str], ...] = ()) -> str:
+    """The code :func:`raw_module` compiles: the #defines, then `kernels/<filename>`."""
+    return "".join(f"#define {k} {v}\n" for k, v in defines) + kernel_source(filename)
+
+
+def nvrtc_options() -> tuple[str, ...]:
+    """The NVRTC options :func:`raw_module` compiles with (CuPy adds the architecture)."""
+    return ("--std=c++14", f"-I{kernel_dir()}")
+
+
 @functools.lru_cache(maxsize=None)
 def raw_module(filename: str, defines: tuple[tuple[str, str], ...] = ()):
     """Compile `kernels/<filename>` once (per set of #defines) as a cupy.RawModule."""
     cp = _cupy_backend().xp
-    head = "".join(f"#define {k} {v}\n" for k, v in defines)
-    return cp.RawModule(
-        code=head + kernel_source(filename),
-        options=("--std=c++14", f"-I{kernel_dir()}"),
-    )
+    return cp.RawModule(code=module_source(filename, defines), options=nvrtc_options())
 
 
 def describe() -> dict[str, str]:

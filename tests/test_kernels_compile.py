@@ -124,3 +124,40 @@ def test_kernels_compile_with_other_tunables(tmp_path):
                "-DOUTER_THREADS=8", "-DOUTER_TN=8", "-DBIAS_COLS=16", "-DBIAS_ROWS=8")
     for path in SOURCES:
         _compile(path, "sm_90", tmp_path / f"{path.stem}.ptx", *defines)
+
+
+# -------------------------------------------------------------------------------------
+# The runtime path: NVRTC, as cupy.RawModule compiles the sources on a user's machine
+# (the launchers' #defines prepended, the same options), with no GPU needed.
+
+
+def _nvrtc():
+    try:
+        from cupy_backends.cuda.libs import nvrtc  # noqa: PLC0415
+
+        nvrtc.getVersion()
+    except Exception as e:  # CuPy missing, or no NVRTC library to load
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"NVRTC unusable, and CI=true: CI must compile kernels/*.cu through it ({why})")
+        pytest.skip(f"NVRTC unusable ({why}): pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12")
+    return nvrtc
+
+
+@pytest.mark.parametrize("arch", ("compute_80", "compute_90"))
+def test_kernels_compile_with_nvrtc_as_raw_module_does(cuda_ops_host, arch):
+    nvrtc = _nvrtc()
+    assert set(cuda_ops_host._DEFINES) == {p.name for p in SOURCES}
+    for name, defines in cuda_ops_host._DEFINES.items():
+        prog = nvrtc.createProgram(backend.module_source(name, defines), name, [], [])
+        try:
+            nvrtc.compileProgram(prog, [*backend.nvrtc_options(), f"--gpu-architecture={arch}"])
+        except Exception as e:
+            pytest.fail(f"{name} ({arch}): {e}\n{nvrtc.getProgramLog(prog)}")
+        ptx = nvrtc.getPTX(prog)
+        ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+        assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == defined_kernels(kernel_text(name)), name
+
+
+def kernel_text(name: str) -> str:
+    return (KDIR / name).read_text()
