@@ -12,8 +12,14 @@ PyTorch's model is the one its users would write: ``nn.Embedding`` + ``nn.RNN(ta
 chunks (the same truncated BPTT). It runs only when torch imports.
 
     python bench/convergence.py --data ../shared/data/tinyshakespeare.txt --budget 300
+    python bench/convergence.py --data tinyshakespeare.txt --schedule mikolov --seeds 0,1,2,3
+    python bench/convergence.py --summary bench/results/convergence-seeds.jsonl
 
 Prints one JSON line per run and appends it to --out (bench/results/convergence.jsonl).
+With --seeds, one pair of runs per seed (seeds change both initializations), then the
+paired summary: per seed, the two perplexities and their difference; over the seeds, the
+means, the mean difference with its standard error, and how many seeds each side won.
+--summary prints that summary for every configuration recorded in a result file.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="UTF-8 text, e.g. tinyshakespeare.txt")
+    p.add_argument("--data", help="UTF-8 text, e.g. tinyshakespeare.txt (required unless --summary)")
     p.add_argument("--budget", type=float, default=300.0, help="wall-clock seconds per run (default 300)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
@@ -49,6 +55,10 @@ def parse_args(argv=None):
                    help="dropout on the RNN outputs before the output layer, for both (default 0)")
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", help="comma-separated seeds: one pair of runs for each, then the "
+                                   "paired summary (overrides --seed)")
+    p.add_argument("--summary", metavar="FILE",
+                   help="print the paired summary of the runs recorded in FILE, run nothing")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for both (default: all)")
     p.add_argument("--only", choices=("rnn-gpu", "torch", "both"), default="both")
     p.add_argument("--backend", default="numpy", help="rnn-gpu backend (default numpy: the CPU comparison)")
@@ -195,11 +205,97 @@ def run_torch(args) -> dict:
     )
 
 
+# Fields that make two recorded runs the same experiment (seed and implementation aside).
+CONFIG_KEYS = ("data", "budget_s", "hidden", "batch_size", "bptt", "lr", "clip", "schedule",
+               "dropout")
+
+
+def paired_summary(rows: list[dict]) -> list[dict]:
+    """Pair rnn-gpu and PyTorch runs by configuration and seed (the last run of a pair
+    wins); one dict per configuration with at least one pair, in first-seen order."""
+    groups: dict[tuple, dict[int, dict[str, float]]] = {}
+    for r in rows:
+        if r.get("bench") != "convergence" or r.get("seed") is None:
+            continue
+        key = tuple(r.get(k) for k in CONFIG_KEYS)
+        groups.setdefault(key, {}).setdefault(int(r["seed"]), {})[r["impl"]] = float(r["val_ppl"])
+    out = []
+    for key, by_seed in groups.items():
+        pairs = [(s, v["rnn-gpu"], v["pytorch"]) for s, v in sorted(by_seed.items())
+                 if "rnn-gpu" in v and "pytorch" in v]
+        if not pairs:
+            continue
+        n = len(pairs)
+        diffs = [a - b for _, a, b in pairs]
+        mean_d = sum(diffs) / n
+        sd = math.sqrt(sum((d - mean_d) ** 2 for d in diffs) / (n - 1)) if n > 1 else math.nan
+        out.append({
+            "config": dict(zip(CONFIG_KEYS, key)), "pairs": pairs, "n": n,
+            "mean_rnn_gpu": sum(a for _, a, _ in pairs) / n,
+            "mean_pytorch": sum(b for _, _, b in pairs) / n,
+            "mean_diff": mean_d, "stderr_diff": sd / math.sqrt(n) if n > 1 else math.nan,
+            "rnn_gpu_lower": sum(d < 0 for d in diffs), "pytorch_lower": sum(d > 0 for d in diffs),
+        })
+    return out
+
+
+def format_summary(summaries: list[dict]) -> str:
+    lines = []
+    for s in summaries:
+        c = s["config"]
+        lines.append(f"{c['data']}: hidden {c['hidden']}, batch {c['batch_size']}, bptt "
+                     f"{c['bptt']}, lr {c['lr']:g}, schedule {c['schedule']}, dropout "
+                     f"{c['dropout']}, budget {c['budget_s']:g} s; valid ppl at the end")
+        lines.append(f"  {'seed':>4}  {'rnn-gpu':>8}  {'PyTorch':>8}  {'difference':>10}")
+        for seed, a, b in s["pairs"]:
+            lines.append(f"  {seed:>4}  {a:8.3f}  {b:8.3f}  {a - b:+10.3f}")
+        se = "" if math.isnan(s["stderr_diff"]) else f" +- {s['stderr_diff']:.3f} (standard error)"
+        lines.append(f"  mean  {s['mean_rnn_gpu']:8.3f}  {s['mean_pytorch']:8.3f}  "
+                     f"{s['mean_diff']:+10.3f}{se}")
+        lines.append(f"  rnn-gpu lower in {s['rnn_gpu_lower']} of {s['n']} seeds, PyTorch lower "
+                     f"in {s['pytorch_lower']}")
+    return "\n".join(lines)
+
+
+def _read_rows(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not Path(args.data).is_file():
+    if args.summary:
+        try:
+            rows = _read_rows(args.summary)
+        except (OSError, ValueError) as e:
+            print(f"convergence: error: cannot read {args.summary}: {e}", file=sys.stderr)
+            return 2
+        text = format_summary(paired_summary(rows))
+        print(text or f"no paired runs with a recorded seed in {args.summary}")
+        return 0
+    if not args.data or not Path(args.data).is_file():
         print(f"convergence: error: data file not found: {args.data}", file=sys.stderr)
         return 2
+    if args.seeds:
+        try:
+            seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+        except ValueError:
+            print(f"convergence: error: --seeds: expected integers, got {args.seeds!r}",
+                  file=sys.stderr)
+            return 2
+        all_runs = []
+        for seed in seeds:
+            args.seed = seed
+            all_runs += run_pair(args)
+        print()
+        print(format_summary(paired_summary(all_runs)))
+        return 0
+    run_pair(args)
+    return 0
+
+
+def run_pair(args) -> list[dict]:
+    """One rnn-gpu run and one PyTorch run (as --only allows) for args.seed, recorded."""
     runs = []
     if args.only in ("rnn-gpu", "both"):
         runs.append(run_rnn_gpu(args))
@@ -218,10 +314,10 @@ def main(argv=None) -> int:
             f.write(line + "\n")
     if len(runs) == 2:
         a, b = runs
-        print(f"\nvalidation perplexity after {args.budget:g} s: rnn-gpu {a['val_ppl']:.3f} "
-              f"({a['tokens_per_s']:,} tokens/s) vs PyTorch {b['val_ppl']:.3f} "
-              f"({b['tokens_per_s']:,} tokens/s)")
-    return 0
+        print(f"\nseed {args.seed}: validation perplexity after {args.budget:g} s: rnn-gpu "
+              f"{a['val_ppl']:.3f} ({a['tokens_per_s']:,} tokens/s) vs PyTorch "
+              f"{b['val_ppl']:.3f} ({b['tokens_per_s']:,} tokens/s)")
+    return runs
 
 
 if __name__ == "__main__":
