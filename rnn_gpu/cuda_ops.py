@@ -513,9 +513,15 @@ def outer_accum(dW, a, b, accumulate: bool) -> None:
     key = (N, M, Kc, dt.char, _TF32)
     name = _OUTER_CHOICE.get(key)
     if name is None:
+        scratch = []  # made at the first timing only: dW itself may hold a sum to keep
+
+        def time_version(v):
+            if not scratch:
+                scratch.append(cupy.empty_like(dW))
+            return _time_outer(v, scratch[0], a, b)
+
         capturing = cupy.cuda.get_current_stream().is_capturing()
-        scratch = None if capturing else cupy.empty_like(dW)  # dW may hold a sum to keep
-        name = choose_outer(key, M, capturing, lambda v: _time_outer(v, scratch, a, b))
+        name = choose_outer(key, M, capturing, time_version)
     OUTER_VERSIONS[name](dW, a, b, accumulate)
 
 
