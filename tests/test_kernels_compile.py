@@ -156,8 +156,4 @@ def test_kernels_compile_with_nvrtc_as_raw_module_does(cuda_ops_host, arch):
             pytest.fail(f"{name} ({arch}): {e}\n{nvrtc.getProgramLog(prog)}")
         ptx = nvrtc.getPTX(prog)
         ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
-        assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == defined_kernels(kernel_text(name)), name
-
-
-def kernel_text(name: str) -> str:
-    return (KDIR / name).read_text()
+        assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == defined_kernels((KDIR / name).read_text()), name
