@@ -1,5 +1,12 @@
-"""Random problems shared by the engine tests."""
+"""Shared by the tests: random problems for the engine, the kernel names a CUDA source
+defines, and the devices the CUDA tests run on (a GPU, or the CPU emulator)."""
 from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import types
 
 import numpy as np
 
@@ -41,3 +48,95 @@ def rel_err(a, b) -> float:
     b = np.asarray(b, dtype=np.float64)
     scale = max(np.abs(b).max(initial=0.0), 1e-30)
     return float(np.abs(a - b).max(initial=0.0) / scale)
+
+
+# -------------------------------------------------------------------------------------
+# Kernel names, read from the source: extern "C" definitions, also through a macro whose
+# body pastes a suffix (`rnn_softmax_xent_##SUFFIX`) and its invocations.
+
+_DIRECT = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?'
+                     r'(\w+)\s*\(')
+_MACRO = re.compile(r"#define\s+(\w+)\((\w+)[^)]*\)((?:[^\n]*\\\n)*[^\n]*)")
+
+
+def defined_kernels(src: str) -> set[str]:
+    flat = src.replace("\\\n", " ")  # join macro continuation lines
+    names = {n for n in _DIRECT.findall(flat) if not n.startswith("__")}
+    for macro, param, body in _MACRO.findall(src):
+        if 'extern "C"' not in body:
+            continue
+        prefixes = re.findall(rf"(\w+)_##{param}\b", body)
+        for suffix in re.findall(rf"^{macro}\((\w+)", src, flags=re.M):
+            names.update(f"{p}_{suffix}" for p in prefixes)
+    return names
+
+
+def header_kernels(src: str) -> set[str]:
+    """Names in the opening comment block; {a,b} alternatives are expanded."""
+    lines = []
+    for line in src.splitlines():
+        if not line.startswith("//"):
+            break
+        lines.append(line)
+    names = set()
+    for token in re.findall(r"\brnn_[\w{},]+(?![\w.{},])", "\n".join(lines)):
+        parts = re.split(r"\{([^}]*)\}", token)  # literal, alternatives, literal, ...
+        choices = [[p] if i % 2 == 0 else p.split(",") for i, p in enumerate(parts)]
+        names.update("".join(c) for c in itertools.product(*choices))
+    return names
+
+
+# -------------------------------------------------------------------------------------
+# Where the CUDA tests run: a real GPU through CuPy, or the CPU emulator (tests/cuda_emu.py)
+
+EMULATED_ORDERS = {"emulated": 2, "emulated-ascending": 0, "emulated-descending": 1}
+
+
+def device_params(*emulated: str) -> list:
+    """Fixture params: "cuda" (marked gpu: skipped, with the reason, without a GPU) and the
+    emulator in the thread orders named (see cuda_emu.h)."""
+    import pytest  # noqa: PLC0415
+
+    return [pytest.param("cuda", marks=pytest.mark.gpu), *emulated]
+
+
+@contextlib.contextmanager
+def cuda_device(kind: str):
+    """A namespace with cp (the array module the tests allocate with), ops (the
+    rnn_gpu.cuda_ops launchers) and backend on `kind`; make models with :func:`cuda_model`."""
+    import pytest  # noqa: PLC0415
+
+    import rnn_gpu  # noqa: PLC0415
+
+    if kind == "cuda":
+        be = rnn_gpu.get_backend("cupy")
+        from rnn_gpu import cuda_ops  # noqa: PLC0415 - needs CuPy
+
+        yield types.SimpleNamespace(kind=kind, cp=be.xp, ops=cuda_ops, backend=be)
+        return
+    from . import cuda_emu  # noqa: PLC0415
+
+    if cuda_emu.compiler() is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("no C++ compiler (g++), and CI=true: CI must run the CUDA kernels "
+                        "on the emulator")
+        pytest.skip("no C++ compiler (g++) to build the CUDA kernels for the emulator")
+    saved = cuda_emu.Kernel.order
+    cuda_emu.Kernel.order = EMULATED_ORDERS[kind]
+    try:
+        yield types.SimpleNamespace(kind=kind, cp=cuda_emu.fake_cupy(), ops=cuda_emu.load_cuda_ops(),
+                                    backend=cuda_emu.emulated_backend())
+    finally:
+        cuda_emu.Kernel.order = saved
+
+
+def cuda_model(dev, *args, **kwargs):
+    """rnn_gpu.RNN(*args, **kwargs) on the device `dev` from :func:`cuda_device`."""
+    import rnn_gpu  # noqa: PLC0415
+
+    if dev.kind == "cuda":
+        return rnn_gpu.RNN(*args, backend=dev.backend, **kwargs)
+    from . import cuda_emu  # noqa: PLC0415
+
+    with cuda_emu.installed(dev.ops):
+        return rnn_gpu.RNN(*args, backend=dev.backend, **kwargs)

@@ -3,7 +3,6 @@ sm_80 and sm_90, its header lists exactly the kernels it defines, and the regist
 at files that exist. In CI (CI=true) a missing nvcc is a failure; elsewhere a skip."""
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import shutil
@@ -13,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from rnn_gpu import backend, kernels
+
+from .helpers import defined_kernels, header_kernels
 
 KDIR = backend.kernel_dir()
 SOURCES = sorted(KDIR.glob("*.cu"))
@@ -36,42 +37,6 @@ def _compile(path: Path, arch: str, out: Path, *defines: str) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
     return out.read_text()
-
-
-# -------------------------------------------------------------------------------------
-# Kernel names, read from the source: extern "C" definitions, also through a macro whose
-# body pastes a suffix (`rnn_softmax_xent_##SUFFIX`) and its invocations.
-
-_DIRECT = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?'
-                     r'(\w+)\s*\(')
-_MACRO = re.compile(r"#define\s+(\w+)\((\w+)[^)]*\)((?:[^\n]*\\\n)*[^\n]*)")
-
-
-def defined_kernels(src: str) -> set[str]:
-    flat = src.replace("\\\n", " ")  # join macro continuation lines
-    names = {n for n in _DIRECT.findall(flat) if not n.startswith("__")}
-    for macro, param, body in _MACRO.findall(src):
-        if 'extern "C"' not in body:
-            continue
-        prefixes = re.findall(rf"(\w+)_##{param}\b", body)
-        for suffix in re.findall(rf"^{macro}\((\w+)", src, flags=re.M):
-            names.update(f"{p}_{suffix}" for p in prefixes)
-    return names
-
-
-def header_kernels(src: str) -> set[str]:
-    """Names in the opening comment block; {a,b} alternatives are expanded."""
-    lines = []
-    for line in src.splitlines():
-        if not line.startswith("//"):
-            break
-        lines.append(line)
-    names = set()
-    for token in re.findall(r"\brnn_[\w{},]+(?![\w.{},])", "\n".join(lines)):
-        parts = re.split(r"\{([^}]*)\}", token)  # literal, alternatives, literal, ...
-        choices = [[p] if i % 2 == 0 else p.split(",") for i, p in enumerate(parts)]
-        names.update("".join(c) for c in itertools.product(*choices))
-    return names
 
 
 def test_there_are_kernel_sources():

@@ -1,5 +1,7 @@
-"""Each CUDA kernel against its NumPy twin, the launchers' checks, the GEMM helper, the
-composite steps, CUDA Graph replay against eager, and TF32 mode. Needs a GPU (marker)."""
+"""Each CUDA kernel against its NumPy twin, the launchers' checks, the GEMM helper and the
+composite steps: on a GPU (marker gpu), and on the CPU emulator (tests/cuda_emu.py) in
+three thread orders, which runs the same kernel sources with cuBLAS's column-major
+contract in place of cuBLAS. CUDA Graph replay and TF32 mode need a real GPU."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +10,7 @@ import pytest
 import rnn_gpu
 from rnn_gpu import kernels, reference, to_numpy
 
-from .helpers import make_problem, randomize, rel_err
-
-pytestmark = pytest.mark.gpu
+from .helpers import EMULATED_ORDERS, cuda_device, device_params, make_problem, randomize, rel_err
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 ACT_KERNELS = ("act_forward", "delta_step", "trunc_delta_step")
@@ -18,16 +18,26 @@ KEEP_ARG = {"act_forward": 2, "delta_step": 3, "trunc_delta_step": 2, "softmax_x
             "sigmoid_bce": 2, "squared_error": 2}
 
 
+@pytest.fixture(scope="module", params=device_params(*EMULATED_ORDERS))
+def device(request):
+    with cuda_device(request.param) as dev:
+        yield dev
+
+
 @pytest.fixture(scope="module")
-def cp():
+def cp(device):
+    return device.cp
+
+
+@pytest.fixture(scope="module")
+def cuda_ops(device):
+    return device.ops
+
+
+@pytest.fixture(scope="module")
+def gpu_cp():
+    """CuPy itself, for what only a GPU can run (graphs, TF32)."""
     return rnn_gpu.get_backend("cupy").xp
-
-
-@pytest.fixture(scope="module")
-def cuda_ops(cp):
-    from rnn_gpu import cuda_ops  # noqa: PLC0415 - needs CuPy
-
-    return cuda_ops
 
 
 def _to_device(cp, args):
@@ -55,9 +65,12 @@ def _cases():
 
 @pytest.mark.parametrize("name,act,masked,dtype", list(_cases()),
                          ids=lambda v: getattr(v, "__name__", str(v)))
-def test_cuda_versions_match_twin(cuda_ops, cp, name, act, masked, dtype):
+def test_cuda_versions_match_twin(device, cuda_ops, cp, name, act, masked, dtype):
     spec = kernels.REGISTRY[name]
-    assert spec.cupy_versions, f"{name}: no CUDA version registered"
+    versions = cuda_ops._VERSIONS[name]
+    assert versions, f"{name}: no CUDA version"
+    if device.kind == "cuda":  # importing cuda_ops registered them for the bench and docs
+        assert spec.cupy_versions == versions
     rng = np.random.default_rng(0)
     extra = {} if act is None else {"act": act}
     base = spec.make_args(np, rng, spec.sizes["quick"], dtype, **extra)
@@ -70,7 +83,7 @@ def test_cuda_versions_match_twin(cuda_ops, cp, name, act, masked, dtype):
             args = (rng.uniform(-1, 1, base[0].shape).astype(dtype),) + base[1:3] + (acc,)
         want = _host_copy(args)
         spec.twin(*want)
-        for vname, fn in spec.cupy_versions.items():
+        for vname, fn in versions.items():
             got = _to_device(cp, _host_copy(args))
             fn(*got)
             for i in spec.outputs:
@@ -225,7 +238,7 @@ def test_outer_choice_is_cached_and_overridable(cuda_ops, cp, monkeypatch):
 # CUDA Graph: replay equals eager
 
 
-def _graph_case(cp, dense, masked, truncate, output="softmax", dtype="float32"):
+def _graph_case(dense, masked, truncate, output="softmax", dtype="float32"):
     from rnn_gpu.cuda_graph import GraphedStep  # noqa: PLC0415 - needs CuPy
 
     sizes = (13, 24, 11)
@@ -243,11 +256,12 @@ def _snapshot(result):
     return loss, {k: to_numpy(v).copy() for k, v in grads.items()}, to_numpy(h)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("truncate", [None, 2])
-def test_graph_replay_equals_eager(cp, dense, masked, truncate):
-    m, step, batches = _graph_case(cp, dense, masked, truncate)
+def test_graph_replay_equals_eager(gpu_cp, dense, masked, truncate):
+    m, step, batches = _graph_case(dense, masked, truncate)
     for x, y, h0, keep in batches:  # two different batches through the same graph
         eager = _snapshot(step.eager(m.params, x, y, h0, keep))
         graph = _snapshot(step(m.params, x, y, h0, keep))
@@ -267,8 +281,9 @@ def test_graph_replay_equals_eager(cp, dense, masked, truncate):
     assert step.capture_allocations == 0, "the captured step allocated device memory"
 
 
-def test_graph_sees_in_place_parameter_updates(cp):
-    m, step, batches = _graph_case(cp, False, False, None)
+@pytest.mark.gpu
+def test_graph_sees_in_place_parameter_updates(gpu_cp):
+    m, step, batches = _graph_case(False, False, None)
     x, y, h0, keep = batches[0]
     step(m.params, x, y, h0, keep)
     m.params["W"] *= 0.5  # in place, as the optimizers update
@@ -286,8 +301,11 @@ def test_graph_sees_in_place_parameter_updates(cp):
 # TF32
 
 
-def test_tf32_within_documented_tolerance(cuda_ops, cp):
-    if int(cp.cuda.Device().compute_capability) < 80:
+@pytest.mark.gpu
+def test_tf32_within_documented_tolerance(gpu_cp):
+    from rnn_gpu import cuda_ops  # noqa: PLC0415 - needs CuPy
+
+    if int(gpu_cp.cuda.Device().compute_capability) < 80:
         pytest.skip("TF32 needs compute capability 8.0 or newer")
     sizes = (40, 64, 50)
     m = randomize(rnn_gpu.RNN(*sizes, backend="cupy", dtype="float32"), scale=0.3)

@@ -1,5 +1,7 @@
-"""The engine on the CuPy backend against the float64 reference, for every configuration
-of the NumPy engine tests, and a 50,000-word vocabulary. Needs a GPU (marker)."""
+"""The engine on the CUDA launchers against the float64 reference, for every configuration
+of the NumPy engine tests, larger sizes and a 50,000-word vocabulary: on a GPU (marker gpu)
+and on the CPU emulator (tests/cuda_emu.py), which runs the same kernel sources and
+launchers with cuBLAS's column-major contract in place of cuBLAS."""
 from __future__ import annotations
 
 import itertools
@@ -10,14 +12,18 @@ import pytest
 import rnn_gpu
 from rnn_gpu import reference, to_numpy
 
-from .helpers import H, I, O, make_problem, randomize, rel_err
-
-pytestmark = pytest.mark.gpu
+from .helpers import H, I, O, cuda_device, cuda_model, device_params, make_problem, randomize, rel_err
 
 T = 6
 CONFIGS = list(itertools.product(reference.ACTIVATIONS, reference.OUTPUTS, (None, 0, 1, 2, T),
                                  (False, True), (False, True), (False, True)))
 TOL = {"float64": 1e-10, "float32": 1e-4}
+
+
+@pytest.fixture(scope="module", params=device_params("emulated"))
+def device(request):
+    with cuda_device(request.param) as dev:
+        yield dev
 
 
 def _compare(m, x, y, h0, trunc, mask, tol):
@@ -31,22 +37,26 @@ def _compare(m, x, y, h0, trunc, mask, tol):
     assert rel_err(to_numpy(h_last), rh) < tol
 
 
+def test_engine_runs_the_cuda_launchers(device):
+    m = cuda_model(device, I, H, O)
+    assert m._engine.ops is device.ops.CupyOps
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("act,out,trunc,dense,masked,with_h0", CONFIGS)
-def test_gpu_engine_matches_reference(dtype, act, out, trunc, dense, masked, with_h0):
-    m = randomize(rnn_gpu.RNN(I, H, O, backend="cupy", dtype=dtype, hidden_activation=act,
-                              output=out))
+def test_cuda_engine_matches_reference(device, dtype, act, out, trunc, dense, masked, with_h0):
+    m = randomize(cuda_model(device, I, H, O, dtype=dtype, hidden_activation=act, output=out))
     x, y, h0, mask = make_problem(out, dense, masked, with_h0, T=T)
     _compare(m, x, y, h0, trunc, mask, TOL[dtype])
 
 
 @pytest.mark.parametrize("outer", ["cublas", "tiled"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_gpu_engine_larger_sizes(dtype, outer, monkeypatch):
+def test_cuda_engine_larger_sizes(device, dtype, outer, monkeypatch):
     """Sizes that are not multiples of any block or tile, repeated ids, both dW paths."""
     monkeypatch.setenv("RNN_GPU_OUTER", outer)
     sizes = (37, 129, 301)
-    m = randomize(rnn_gpu.RNN(*sizes, backend="cupy", dtype=dtype), scale=0.2)
+    m = randomize(cuda_model(device, *sizes, dtype=dtype), scale=0.2)
     for dense in (False, True):
         x, y, h0, mask = make_problem("softmax", dense, True, True, T=23, B=7, sizes=sizes)
         for trunc in (None, 4):
@@ -54,9 +64,9 @@ def test_gpu_engine_larger_sizes(dtype, outer, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_gpu_engine_large_vocabulary(dtype):
+def test_cuda_engine_large_vocabulary(device, dtype):
     V = 50_000
-    m = randomize(rnn_gpu.RNN(V, 64, V, backend="cupy", dtype=dtype), scale=0.1)
+    m = randomize(cuda_model(device, V, 64, V, dtype=dtype), scale=0.1)
     rng = np.random.default_rng(7)
     x = rng.integers(0, V, size=(5, 4))
     y = rng.integers(0, V, size=(5, 4))
