@@ -300,6 +300,9 @@ def _fake_cublas() -> types.ModuleType:
 class _Stream:
     ptr = 0
 
+    def __init__(self, *args, **kwargs):
+        raise EmulationError("CUDA streams and graph capture are not emulated")
+
     def is_capturing(self) -> bool:
         return False
 
@@ -315,19 +318,46 @@ class _Event:
         pass
 
 
+class _MemoryPool:
+    """CuPy's pool as far as the bench reads it: the bytes of the live device arrays."""
+
+    def free_all_blocks(self) -> None:
+        pass
+
+    def total_bytes(self) -> int:
+        total = 0
+        for ref, g in list(_GUARDED.values()):
+            buf = ref()
+            if buf is not None:
+                total += (len(buf) - 2 * g) * buf.itemsize
+        return total
+
+    used_bytes = total_bytes
+
+
+class _ArrayModule(types.ModuleType):
+    """NumPy, with allocations made as guarded device arrays."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
 def fake_cupy() -> types.ModuleType:
-    cp = types.ModuleType("cupy")
+    """A `cupy` for the launchers, the engine and the bench: NumPy underneath, DeviceArray
+    for cupy.ndarray, the cuBLAS above, CUDA events by the wall clock; no streams."""
+    cp = _ArrayModule("cupy")
     cp.__path__ = []  # a package, so that "from cupy.cuda import cublas" resolves
     cp.__version__ = "emulated"
     cp.ndarray = DeviceArray
-    for name in ("float32", "float64", "int32", "int64", "uint16", "uint32", "uint64"):
-        setattr(cp, name, getattr(np, name))
     for f in (empty, zeros, ones, asarray, empty_like, zeros_like, ascontiguousarray):
         setattr(cp, f.__name__, f)
+    pool = _MemoryPool()
+    cp.get_default_memory_pool = lambda: pool
     cuda = types.ModuleType("cupy.cuda")
     cuda.cublas = _fake_cublas()
-    stream = _Stream()
+    stream = object.__new__(_Stream)
     cuda.get_current_stream = lambda: stream
+    cuda.Stream = _Stream
     cuda.device = types.SimpleNamespace(get_cublas_handle=lambda: 1)
     cuda.Event = _Event
     cuda.get_elapsed_time = lambda start, stop: 1e3 * (stop.t - start.t)
@@ -335,19 +365,9 @@ def fake_cupy() -> types.ModuleType:
     return cp
 
 
-class _ArrayModule(types.ModuleType):
-    """``xp`` for an emulated backend: NumPy, with allocations made as device arrays."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-
-def emulated_backend() -> Backend:
-    xp = _ArrayModule("cuda_emu_xp")
-    for f in (empty, zeros, ones, asarray, empty_like, zeros_like, ascontiguousarray):
-        setattr(xp, f.__name__, f)
-    xp.ndarray = DeviceArray
-    return Backend("cuda-emu", xp, "CUDA kernels emulated on the CPU")
+def emulated_backend(name: str = "cuda-emu") -> Backend:
+    """A backend whose xp is :func:`fake_cupy`; named "cupy", it takes the GPU paths."""
+    return Backend(name, fake_cupy(), "CUDA kernels emulated on the CPU")
 
 
 def load_cuda_ops() -> types.ModuleType:

@@ -241,3 +241,50 @@ def test_quick_on_the_gpu(tmp_path):
     assert steps[("rnn_gpu", "cupy")]["validated"] is True
     assert steps[("rnn_gpu", "cupy")]["peak_mem_bytes"] > 0
     assert steps[("rnn_gpu-graph", "cupy")]["validated"] is True
+
+
+def test_gpu_paths_on_the_emulator(tmp_path, monkeypatch):
+    """The bench's GPU code (event timer, CUDA versions validated then timed beside the
+    host twin, the step on the CUDA launchers, pool memory, the graph skipped with its
+    reason) run on the CPU emulator of tests/cuda_emu.py, standing in as backend "cupy"."""
+    import sys
+
+    import rnn_gpu
+    from rnn_gpu import backend
+
+    from . import cuda_emu
+    from .helpers import cuda_device
+
+    backend.cupy_unavailable_reason()  # probe the real CuPy before "cupy" is replaced
+    with cuda_device("emulated") as dev:
+        be = cuda_emu.emulated_backend("cupy")
+        monkeypatch.setitem(sys.modules, "cupy", be.xp)
+        monkeypatch.setattr(rnn_gpu, "cuda_ops", dev.ops, raising=False)
+        for name, spec in kernels.REGISTRY.items():
+            monkeypatch.setattr(spec, "cupy_versions", dict(dev.ops._VERSIONS[name]))
+        monkeypatch.setattr(bench, "_backends", lambda ctx: [be])
+        monkeypatch.setattr(bench, "matmul_sizes", lambda gpu, quick: 96)
+        out = tmp_path / "emu.jsonl"
+        rc = bench.main(["--quick", "--backend", "cupy", "--kernel", "softmax_xent",
+                         "--kernel", "outer_accum", "--kernel", "bias_grad",
+                         "--shapes", "6,4,24,17", "--peers", "seed", "--reps", "2",
+                         "--warmup", "0", "--no-gpu-tests", "--out", str(out)])
+    assert rc == 0
+    rows = _rows(out)
+    for r in rows:
+        assert not [f for f in FIELDS if f not in r], r["name"]
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["peak:matmul"]["backend"] == "cupy" and by_name["peak:copy"]["gbps"] > 0
+    for name, version in (("softmax_xent", "fused"), ("outer_accum", "cublas"),
+                          ("outer_accum", "tiled"), ("bias_grad", "colsum")):
+        r = by_name[f"kernel:{name}:{version}"]
+        assert r["backend"] == "cupy" and r["status"] == "ok" and r["validated"] is True
+        assert r["max_rel_err"] < 1e-5 and r["median_ms"] > 0
+        assert r["peer"] == "numpy twin (host)" and r["speedup"] > 0 and r["pct_peak_bw"] > 0
+    step = by_name["step:rnn_gpu"]
+    assert step["backend"] == "cupy" and step["validated"] is True
+    assert step["peer"] == "seed-loop" and step["speedup"] > 0
+    assert step["peak_mem_method"] == "CuPy memory pool growth over one step"
+    assert step["peak_mem_bytes"] > 0 and step["workspace_bytes"] > 0
+    graph = by_name["skip:CUDA-Graph replay at step T=6,B=4,H=24,V=17"]
+    assert "capture failed" in graph["reason"] and "not emulated" in graph["reason"]
