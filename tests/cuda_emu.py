@@ -116,7 +116,10 @@ def check_guards(after: str) -> None:
 
 
 def empty(shape, dtype=np.float64) -> DeviceArray:
-    return _alloc(shape, dtype)
+    """Not zeros, as on a GPU: filled like the guards, so reading it before writing shows."""
+    a = _alloc(shape, dtype)
+    a.view(_UINT[a.dtype.itemsize])[...] = _guard_word(a.dtype)
+    return a
 
 
 def zeros(shape, dtype=np.float64) -> DeviceArray:
@@ -132,6 +135,9 @@ def ones(shape, dtype=np.float64) -> DeviceArray:
 
 
 def asarray(a, dtype=None) -> DeviceArray:
+    """A device copy of `a`; a device array of the dtype asked for comes back as it is."""
+    if isinstance(a, DeviceArray) and (dtype is None or np.dtype(dtype) == a.dtype):
+        return a
     a = np.asarray(a, dtype=dtype)
     out = _alloc(a.shape, a.dtype)
     out[...] = a
@@ -139,7 +145,7 @@ def asarray(a, dtype=None) -> DeviceArray:
 
 
 def empty_like(a, dtype=None) -> DeviceArray:
-    return _alloc(a.shape, a.dtype if dtype is None else dtype)
+    return empty(a.shape, a.dtype if dtype is None else dtype)
 
 
 def zeros_like(a, dtype=None) -> DeviceArray:
