@@ -18,8 +18,10 @@ chunks (the same truncated BPTT). It runs only when torch imports.
 Prints one JSON line per run and appends it to --out (bench/results/convergence.jsonl).
 With --seeds, one pair of runs per seed (seeds change both initializations), then the
 paired summary: per seed, the two perplexities and their difference; over the seeds, the
-means, the mean difference with its standard error, and how many seeds each side won.
---summary prints that summary for every configuration recorded in a result file.
+means, the mean difference with its standard error, and how many seeds each side won;
+then the same at equal wall time, every 30 s of the budget, from the validation curves
+(the best perplexity each side had evaluated by then). --summary prints that summary for
+every configuration recorded in a result file.
 """
 from __future__ import annotations
 
@@ -210,31 +212,80 @@ CONFIG_KEYS = ("data", "budget_s", "hidden", "batch_size", "bptt", "lr", "clip",
                "dropout")
 
 
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and its standard error (NaN for fewer than two values)."""
+    n = len(xs)
+    m = sum(xs) / n
+    if n < 2:
+        return m, math.nan
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n)
+
+
+def best_by(curve, t: float) -> float | None:
+    """The lowest validation perplexity evaluated within the first `t` seconds of a run
+    (what stopping it at t, keeping the best weights, would give), or None before the
+    first evaluation."""
+    seen = [ppl for when, ppl in curve if when <= t]
+    return min(seen) if seen else None
+
+
+def equal_time_grid(budget: float) -> list[float]:
+    """Where to compare the two sides: every 30 s (every budget/10 for short budgets)."""
+    step = 30.0 if budget >= 150 else budget / 10
+    grid, t = [], step
+    while t < budget - 1e-9:
+        grid.append(round(t, 3))
+        t += step
+    return grid + [budget]
+
+
 def paired_summary(rows: list[dict]) -> list[dict]:
     """Pair rnn-gpu and PyTorch runs by configuration and seed (the last run of a pair
-    wins); one dict per configuration with at least one pair, in first-seen order."""
-    groups: dict[tuple, dict[int, dict[str, float]]] = {}
+    wins); one dict per configuration with at least one pair, in first-seen order.
+
+    Beside the final perplexities, `equal_time` compares the pairs at equal wall time:
+    for each t of :func:`equal_time_grid`, the mean best-so-far perplexity of each side
+    over the seeds where both had evaluated by t, their mean difference and its standard
+    error, and in how many of those seeds rnn-gpu was lower.
+    """
+    groups: dict[tuple, dict[int, dict[str, dict]]] = {}
     for r in rows:
         if r.get("bench") != "convergence" or r.get("seed") is None:
             continue
         key = tuple(r.get(k) for k in CONFIG_KEYS)
-        groups.setdefault(key, {}).setdefault(int(r["seed"]), {})[r["impl"]] = float(r["val_ppl"])
+        groups.setdefault(key, {}).setdefault(int(r["seed"]), {})[r["impl"]] = r
     out = []
     for key, by_seed in groups.items():
-        pairs = [(s, v["rnn-gpu"], v["pytorch"]) for s, v in sorted(by_seed.items())
-                 if "rnn-gpu" in v and "pytorch" in v]
-        if not pairs:
+        runs = [(s, v["rnn-gpu"], v["pytorch"]) for s, v in sorted(by_seed.items())
+                if "rnn-gpu" in v and "pytorch" in v]
+        if not runs:
             continue
+        pairs = [(s, float(a["val_ppl"]), float(b["val_ppl"])) for s, a, b in runs]
         n = len(pairs)
-        diffs = [a - b for _, a, b in pairs]
-        mean_d = sum(diffs) / n
-        sd = math.sqrt(sum((d - mean_d) ** 2 for d in diffs) / (n - 1)) if n > 1 else math.nan
+        mean_d, se_d = _mean_se([a - b for _, a, b in pairs])
+        config = dict(zip(CONFIG_KEYS, key))
+        equal_time = []
+        if all(a.get("curve") and b.get("curve") for _, a, b in runs):
+            for t in equal_time_grid(float(config["budget_s"])):
+                both = [(best_by(a["curve"], t), best_by(b["curve"], t)) for _, a, b in runs]
+                both = [(x, y) for x, y in both if x is not None and y is not None]
+                if not both:
+                    continue
+                d, d_se = _mean_se([x - y for x, y in both])
+                equal_time.append({
+                    "t": t, "n": len(both), "rnn_gpu": sum(x for x, _ in both) / len(both),
+                    "pytorch": sum(y for _, y in both) / len(both), "diff": d,
+                    "stderr_diff": d_se, "rnn_gpu_lower": sum(x < y for x, y in both)})
         out.append({
-            "config": dict(zip(CONFIG_KEYS, key)), "pairs": pairs, "n": n,
+            "config": config, "pairs": pairs, "n": n,
             "mean_rnn_gpu": sum(a for _, a, _ in pairs) / n,
             "mean_pytorch": sum(b for _, _, b in pairs) / n,
-            "mean_diff": mean_d, "stderr_diff": sd / math.sqrt(n) if n > 1 else math.nan,
-            "rnn_gpu_lower": sum(d < 0 for d in diffs), "pytorch_lower": sum(d > 0 for d in diffs),
+            "mean_diff": mean_d, "stderr_diff": se_d,
+            "rnn_gpu_lower": sum(a < b for _, a, b in pairs),
+            "pytorch_lower": sum(a > b for _, a, b in pairs),
+            "train_seconds": [(a.get("train_seconds"), b.get("train_seconds"))
+                              for _, a, b in runs],
+            "equal_time": equal_time,
         })
     return out
 
@@ -254,6 +305,19 @@ def format_summary(summaries: list[dict]) -> str:
                      f"{s['mean_diff']:+10.3f}{se}")
         lines.append(f"  rnn-gpu lower in {s['rnn_gpu_lower']} of {s['n']} seeds, PyTorch lower "
                      f"in {s['pytorch_lower']}")
+        secs = [t for pair in s["train_seconds"] for t in pair if t is not None]
+        hit = sum(t >= c["budget_s"] for t in secs)
+        if secs:
+            lines.append(f"  training stopped after {min(secs):g} to {max(secs):g} s; "
+                         f"{hit} of {len(secs)} runs used the whole budget")
+        if s["equal_time"]:
+            lines.append("  at equal wall time (best valid ppl evaluated so far, mean over seeds):")
+            lines.append(f"  {'t (s)':>6}  {'rnn-gpu':>8}  {'PyTorch':>8}  {'difference':>10}  "
+                         f"{'+- s.e.':>7}  rnn-gpu lower")
+            for e in s["equal_time"]:
+                err = "" if math.isnan(e["stderr_diff"]) else f"{e['stderr_diff']:.3f}"
+                lines.append(f"  {e['t']:>6g}  {e['rnn_gpu']:8.3f}  {e['pytorch']:8.3f}  "
+                             f"{e['diff']:+10.3f}  {err:>7}  {e['rnn_gpu_lower']} of {e['n']}")
     return "\n".join(lines)
 
 

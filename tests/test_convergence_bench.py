@@ -72,3 +72,46 @@ def test_summary_command(conv, tmp_path, capsys):
 def test_summary_of_a_missing_file(conv, tmp_path, capsys):
     assert conv.main(["--summary", str(tmp_path / "none.jsonl")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_best_so_far_and_the_grid(conv):
+    curve = [(10.0, 6.0), (20.0, 5.0), (30.0, 5.5), (40.0, 4.9)]
+    assert conv.best_by(curve, 5) is None
+    assert [conv.best_by(curve, t) for t in (10, 25, 30, 100)] == [6.0, 5.0, 5.0, 4.9]
+    assert conv.equal_time_grid(300) == [30, 60, 90, 120, 150, 180, 210, 240, 270, 300]
+    assert conv.equal_time_grid(100) == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+
+
+def test_equal_wall_time_from_the_curves(conv, tmp_path, capsys):
+    rows = [
+        # seed 0: ours evaluates at 20 s and 40 s; theirs at 50 s and 100 s
+        _row("rnn-gpu", 0, 4.6, budget_s=100.0, curve=[(20, 5.0), (40, 4.6)], train_seconds=41),
+        _row("pytorch", 0, 4.7, budget_s=100.0, curve=[(50, 5.4), (100, 4.7)], train_seconds=100),
+        # seed 1: ours is worse at 60 s
+        _row("rnn-gpu", 1, 4.8, budget_s=100.0, curve=[(30, 5.2), (60, 4.8)], train_seconds=61),
+        _row("pytorch", 1, 4.75, budget_s=100.0, curve=[(10, 5.9), (55, 4.75)], train_seconds=80),
+    ]
+    s = conv.paired_summary(rows)[0]
+    et = {e["t"]: e for e in s["equal_time"]}
+    assert 20 not in et  # seed 0's PyTorch and seed 1's rnn-gpu had not evaluated yet
+    assert et[30]["n"] == 1 and et[30]["diff"] == pytest.approx(5.2 - 5.9)
+    assert et[50]["n"] == 2 and et[50]["rnn_gpu"] == pytest.approx((4.6 + 5.2) / 2)
+    assert et[50]["pytorch"] == pytest.approx((5.4 + 5.9) / 2) and et[50]["rnn_gpu_lower"] == 2
+    assert et[60]["diff"] == pytest.approx(((4.6 - 5.4) + (4.8 - 4.75)) / 2)
+    assert et[60]["rnn_gpu_lower"] == 1
+    assert et[100]["diff"] == pytest.approx(((4.6 - 4.7) + (4.8 - 4.75)) / 2)
+    f = tmp_path / "runs.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert conv.main(["--summary", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "training stopped after 41 to 100 s; 1 of 4 runs used the whole budget" in out
+    assert "at equal wall time" in out
+    assert "      50     4.900     5.650      -0.750    0.050  2 of 2" in out
+
+
+def test_no_equal_time_table_without_curves(conv, capsys, tmp_path):
+    f = tmp_path / "runs.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in (_row("rnn-gpu", 0, 4.7),
+                                                          _row("pytorch", 0, 4.8))))
+    assert conv.main(["--summary", str(f)]) == 0
+    assert "equal wall time" not in capsys.readouterr().out
