@@ -8,7 +8,8 @@ Nothing here needs a GPU, CuPy or the CUDA toolkit; it needs the host C++ compil
   blocks of a launch run one after another, and the threads of a block are fibers that
   meet at ``__syncthreads`` and at warp shuffles (see the header). A launch checks what
   CuPy does not: that each argument's type matches the kernel's parameter (array dtype
-  against pointee type, scalar width), and that the grid and block are legal.
+  against pointee type, scalar width), and that the grid and block are legal (the block
+  within the kernel's ``__launch_bounds__`` too).
 * **Device memory.** :class:`DeviceArray` is a NumPy array that the launchers accept as a
   ``cupy.ndarray`` (a plain NumPy array is rejected, as on the GPU). Arrays made through
   the fake ``cupy`` live between guards of signalling NaNs: a kernel that writes out of
@@ -25,10 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -163,7 +166,34 @@ def ascontiguousarray(a, dtype=None) -> DeviceArray:
 # Kernels: compiled by g++ against cuda_emu.h, launched through ctypes
 
 
-def build(src: str, label: str) -> ctypes.CDLL:
+@dataclasses.dataclass
+class Library:
+    """A kernel file built for the emulator: the shared library and, per kernel, the
+    most threads a block may have (its __launch_bounds__)."""
+
+    dll: ctypes.CDLL
+    launch_bounds: dict[str, int]
+
+
+_BOUNDS = re.compile(r"__launch_bounds__\(([^,)]*)[^)]*\)\s*(\w+)\s*\(")
+
+
+def launch_bounds(src: str) -> dict[str, int]:
+    """Kernel name -> its __launch_bounds__ maximum, read after the preprocessor has
+    expanded the file's macros (tunables and the macros that define kernels)."""
+    cmd = [compiler() or "g++", "-E", "-P", "-x", "c++", f"-I{backend.kernel_dir()}", "-"]
+    r = subprocess.run(cmd, input=src, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise EmulationError(f"the preprocessor failed:\n{r.stderr}")
+    out = {}
+    for expr, name in _BOUNDS.findall(r.stdout):
+        if not re.fullmatch(r"[\d\s()*+-]+", expr):
+            raise EmulationError(f"{name}: __launch_bounds__({expr}) is not a constant")
+        out[name] = int(eval(expr, {"__builtins__": {}}))  # digits and + - * only
+    return out
+
+
+def build(src: str, label: str) -> Library:
     """Compile CUDA source `src` (its kernels found by name) for the emulator, once per
     text: the library is kept in the temporary directory under a hash of the text."""
     names = sorted(defined_kernels(src))
@@ -192,11 +222,11 @@ def build(src: str, label: str) -> ctypes.CDLL:
         if r.returncode != 0:
             raise EmulationError(f"{label} does not compile for the emulator:\n{r.stderr}")
         os.replace(tmp, lib)  # atomic: a concurrent run never loads half a file
-    return ctypes.CDLL(str(lib))
+    return Library(ctypes.CDLL(str(lib)), launch_bounds(src))
 
 
 @functools.lru_cache(maxsize=None)
-def _library(filename: str, defines: tuple) -> ctypes.CDLL:
+def _library(filename: str, defines: tuple) -> Library:
     """kernels/<filename> as the launchers compile it: their #defines prepended."""
     return build(backend.module_source(filename, defines), filename)
 
@@ -206,13 +236,14 @@ class Kernel:
 
     order = 0  # thread order inside barrier intervals: 0 ascending, 1 descending, 2+ shuffled
 
-    def __init__(self, lib: ctypes.CDLL, name: str):
+    def __init__(self, lib: Library, name: str):
         self.name = name
-        self._launch = getattr(lib, f"emu_launch_{name}")
+        self.max_threads = lib.launch_bounds.get(name, 1024)
+        self._launch = getattr(lib.dll, f"emu_launch_{name}")
         self._launch.restype = ctypes.c_int
         self._launch.argtypes = [ctypes.POINTER(ctypes.c_uint)] * 2 + [
             ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint, ctypes.c_char_p, ctypes.c_int]
-        sig = getattr(lib, f"emu_sig_{name}")
+        sig = getattr(lib.dll, f"emu_sig_{name}")
         sig.restype = ctypes.c_char_p
         self.params = sig().decode().split(",")
 
@@ -237,6 +268,10 @@ class Kernel:
         vals = [self._arg(i, p, a) for i, (p, a) in enumerate(zip(self.params, args))]
         ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
         dims = [tuple(d) + (1,) * (3 - len(d)) for d in (grid, block)]
+        threads = int(np.prod(dims[1]))
+        if threads > self.max_threads:  # the driver refuses such a launch
+            raise EmulationError(f"{self.name}: a block of {threads} threads exceeds its "
+                                 f"__launch_bounds__({self.max_threads})")
         g = (ctypes.c_uint * 3)(*dims[0])
         b = (ctypes.c_uint * 3)(*dims[1])
         err = ctypes.create_string_buffer(512)

@@ -1,7 +1,7 @@
 """The CPU emulator of the CUDA kernels (tests/cuda_emu.py) catches what it claims to: a
 kernel source with a barrier taken out, an out-of-bounds store or read, a divergent
-barrier, an argument of the wrong type, an illegal launch, a shuffle in a partial warp, a
-GEMM with a bad leading dimension. Each case runs a deliberately broken copy of a real
+barrier, an argument of the wrong type, an illegal launch or one beyond the kernel's
+__launch_bounds__, a shuffle in a partial warp, a GEMM with a bad leading dimension. Each case runs a deliberately broken copy of a real
 kernel source (or a real kernel called wrongly), so a clean emulated run means something."""
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ def ops():
 
 @pytest.fixture
 def broken(ops, monkeypatch):
-    """broken(filename, old, new): the launchers of `ops` now run kernels/<filename> with
-    `old` replaced by `new` (exactly once)."""
+    """broken(filename, old, new, count=1): the launchers of `ops` now run
+    kernels/<filename> with `old` (found `count` times) replaced by `new`."""
 
-    def apply(filename, old, new):
+    def apply(filename, old, new, count=1):
         src = backend.module_source(filename, ops._DEFINES[filename])
-        assert src.count(old) == 1, f"{filename}: {old!r} not found once"
+        assert src.count(old) == count, f"{filename}: {old!r} not found {count} times"
         lib = cuda_emu.build(src.replace(old, new), f"broken_{filename}")
         real = ops._kernel
         monkeypatch.setattr(ops, "_kernel", lambda f, n: cuda_emu.Kernel(lib, n) if f == filename
@@ -114,6 +114,13 @@ def test_a_divergent_barrier_is_reported(ops, broken):
         _run(ops, "bias_grad", "colsum")
 
 
+def test_a_block_beyond_the_launch_bounds_is_refused(ops, broken):
+    broken("rnn_embed.cu", "__launch_bounds__(BIAS_COLS * BIAS_ROWS)", "__launch_bounds__(256)", 2)
+    with pytest.raises(cuda_emu.EmulationError, match=r"rnn_bias_grad_f32: a block of 512 "
+                                                      r"threads exceeds its __launch_bounds__\(256\)"):
+        _run(ops, "bias_grad", "colsum")
+
+
 def _xent_kernel(ops):
     return cuda_emu.kernel("rnn_xent.cu", "rnn_softmax_xent_f32_i32", ops._DEFINES["rnn_xent.cu"])
 
@@ -142,8 +149,12 @@ def test_arguments_must_match_the_kernel_signature(ops):
         k((3,), (256,), args[:5])
 
 
-def test_illegal_launches_and_partial_warps_are_refused(ops):
+def test_illegal_launches_and_partial_warps_are_refused(ops, monkeypatch):
     k = _xent_kernel(ops)
+    with pytest.raises(cuda_emu.EmulationError, match=r"2048 threads exceeds its "
+                                                      r"__launch_bounds__\(256\)"):
+        k((3,), (2048,), _xent_args())
+    monkeypatch.setattr(k, "max_threads", 4096)  # no launch bounds: the device's own limit
     with pytest.raises(cuda_emu.EmulationError, match=r"invalid block \(2048,1,1\)"):
         k((3,), (2048,), _xent_args())
     with pytest.raises(cuda_emu.EmulationError, match=r"invalid grid \(1,70000,1\)"):
