@@ -462,3 +462,26 @@ def installed(ops: types.ModuleType):
             rnn_gpu.__dict__.pop("cuda_ops", None)
         else:
             rnn_gpu.cuda_ops = saved
+
+
+@contextlib.contextmanager
+def as_cupy(cp: types.ModuleType):
+    """While open, ``import cupy`` gives `cp`. Modules of rnn_gpu first imported meanwhile
+    (rnn_gpu.cuda_graph binds cupy at import) are forgotten on exit, so that a later
+    import binds the real CuPy."""
+    import rnn_gpu
+
+    before = set(sys.modules)
+    saved = sys.modules.get("cupy")
+    sys.modules["cupy"] = cp
+    try:
+        yield cp
+    finally:
+        if saved is None:
+            sys.modules.pop("cupy", None)
+        else:
+            sys.modules["cupy"] = saved
+        for name in set(sys.modules) - before:
+            if name.startswith("rnn_gpu."):
+                del sys.modules[name]
+                rnn_gpu.__dict__.pop(name.split(".", 1)[1], None)

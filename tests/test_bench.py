@@ -247,8 +247,6 @@ def test_gpu_paths_on_the_emulator(tmp_path, monkeypatch):
     """The bench's GPU code (event timer, CUDA versions validated then timed beside the
     host twin, the step on the CUDA launchers, pool memory, the graph skipped with its
     reason) run on the CPU emulator of tests/cuda_emu.py, standing in as backend "cupy"."""
-    import sys
-
     import rnn_gpu
     from rnn_gpu import backend
 
@@ -256,9 +254,8 @@ def test_gpu_paths_on_the_emulator(tmp_path, monkeypatch):
     from .helpers import cuda_device
 
     backend.cupy_unavailable_reason()  # probe the real CuPy before "cupy" is replaced
-    with cuda_device("emulated") as dev:
-        be = cuda_emu.emulated_backend("cupy")
-        monkeypatch.setitem(sys.modules, "cupy", be.xp)
+    be = cuda_emu.emulated_backend("cupy")
+    with cuda_device("emulated") as dev, cuda_emu.as_cupy(be.xp):
         monkeypatch.setattr(rnn_gpu, "cuda_ops", dev.ops, raising=False)
         for name, spec in kernels.REGISTRY.items():
             monkeypatch.setattr(spec, "cupy_versions", dict(dev.ops._VERSIONS[name]))
