@@ -124,8 +124,8 @@ def cuda_device(kind: str):
     saved = cuda_emu.Kernel.order
     cuda_emu.Kernel.order = EMULATED_ORDERS[kind]
     try:
-        yield types.SimpleNamespace(kind=kind, cp=cuda_emu.fake_cupy(), ops=cuda_emu.load_cuda_ops(),
-                                    backend=cuda_emu.emulated_backend())
+        be = cuda_emu.emulated_backend()
+        yield types.SimpleNamespace(kind=kind, cp=be.xp, ops=cuda_emu.load_cuda_ops(), backend=be)
     finally:
         cuda_emu.Kernel.order = saved
 
