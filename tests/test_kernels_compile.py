@@ -1,6 +1,7 @@
 """The CUDA sources without a GPU: each kernels/*.cu compiles on its own with nvcc for
-sm_80 and sm_90, its header lists exactly the kernels it defines, and the registry points
-at files that exist. In CI (CI=true) a missing nvcc is a failure; elsewhere a skip."""
+sm_80 and sm_90, its header lists exactly the kernels it defines, the registry points
+at files that exist, and, as the launchers configure them, no kernel spills registers.
+In CI (CI=true) a missing nvcc is a failure; elsewhere a skip."""
 from __future__ import annotations
 
 import os
@@ -122,3 +123,32 @@ def test_kernels_compile_with_nvrtc_as_raw_module_does(cuda_ops_host, arch):
         ptx = nvrtc.getPTX(prog)
         ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
         assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == defined_kernels((KDIR / name).read_text()), name
+
+
+# -------------------------------------------------------------------------------------
+# What ptxas makes of the sources as the launchers configure them: no kernel spills
+# registers to local memory (a spill turns the fused kernels' register traffic into
+# memory traffic) and none needs a stack frame.
+
+_USAGE = re.compile(r"Function properties for (\w+)\s*\n\s*(\d+) bytes stack frame, "
+                    r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_no_kernel_spills_registers(cuda_ops_host, arch, tmp_path):
+    seen = set()
+    for name, defines in cuda_ops_host._DEFINES.items():
+        src = tmp_path / name
+        src.write_text(backend.module_source(name, defines))
+        cmd = [_nvcc(), "-cubin", f"-arch={arch}", "-I", str(KDIR), "--resource-usage",
+               str(src), "-o", str(tmp_path / f"{name}.cubin")]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
+        usage = {k: (int(f), int(s), int(l)) for k, f, s, l in _USAGE.findall(r.stdout + r.stderr)}
+        assert set(usage) == defined_kernels(src.read_text()), (name, sorted(usage))
+        for kern, (frame, stores, loads) in usage.items():
+            assert (frame, stores, loads) == (0, 0, 0), (
+                f"{kern} ({arch}): {frame} bytes stack frame, {stores} bytes spill stores, "
+                f"{loads} bytes spill loads")
+        seen |= set(usage)
+    assert len(seen) >= 20
