@@ -30,6 +30,7 @@ import copy
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -310,6 +311,12 @@ def format_summary(summaries: list[dict]) -> str:
         if secs:
             lines.append(f"  training stopped after {min(secs):g} to {max(secs):g} s; "
                          f"{hit} of {len(secs)} runs used the whole budget")
+        both = [(a, b) for a, b in s["train_seconds"] if a is not None and b is not None]
+        if both:
+            ours, theirs = [a for a, _ in both], [b for _, b in both]
+            lines.append(f"  stopped after (median): rnn-gpu {statistics.median(ours):g} s, PyTorch "
+                         f"{statistics.median(theirs):g} s; rnn-gpu's time over PyTorch's, median "
+                         f"over seeds: {statistics.median(a / b for a, b in both):.2f}")
         if s["equal_time"]:
             lines.append("  at equal wall time (best valid ppl evaluated so far, mean over seeds):")
             lines.append(f"  {'t (s)':>6}  {'rnn-gpu':>8}  {'PyTorch':>8}  {'difference':>10}  "

@@ -105,6 +105,9 @@ def test_equal_wall_time_from_the_curves(conv, tmp_path, capsys):
     assert conv.main(["--summary", str(f)]) == 0
     out = capsys.readouterr().out
     assert "training stopped after 41 to 100 s; 1 of 4 runs used the whole budget" in out
+    # medians of (41, 61) and (100, 80); ratios 0.41 and 0.7625
+    assert ("stopped after (median): rnn-gpu 51 s, PyTorch 90 s; rnn-gpu's time over "
+            "PyTorch's, median over seeds: 0.59") in out
     assert "at equal wall time" in out
     assert "      50     4.900     5.650      -0.750    0.050  2 of 2" in out
 
