@@ -32,11 +32,17 @@ def _nvcc() -> str:
     return exe
 
 
-def _compile(path: Path, arch: str, out: Path, *defines: str) -> str:
-    cmd = [_nvcc(), "-ptx", f"-arch={arch}", "-I", str(KDIR), "--Werror", "all-warnings",
-           *defines, str(path), "-o", str(out)]
+def _run_nvcc(*args: str) -> str:
+    """nvcc with `-I kernels/` and `args`; asserts it succeeded, returns what it printed."""
+    cmd = [_nvcc(), "-I", str(KDIR), *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+def _compile(path: Path, arch: str, out: Path, *defines: str) -> str:
+    _run_nvcc("-ptx", f"-arch={arch}", "--Werror", "all-warnings", *defines, str(path),
+              "-o", str(out))
     return out.read_text()
 
 
@@ -140,11 +146,9 @@ def test_no_kernel_spills_registers(cuda_ops_host, arch, tmp_path):
     for name, defines in cuda_ops_host._DEFINES.items():
         src = tmp_path / name
         src.write_text(backend.module_source(name, defines))
-        cmd = [_nvcc(), "-cubin", f"-arch={arch}", "-I", str(KDIR), "--resource-usage",
-               str(src), "-o", str(tmp_path / f"{name}.cubin")]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
-        usage = {k: (int(f), int(s), int(l)) for k, f, s, l in _USAGE.findall(r.stdout + r.stderr)}
+        printed = _run_nvcc("-cubin", f"-arch={arch}", "--resource-usage", str(src),
+                            "-o", str(tmp_path / f"{name}.cubin"))
+        usage = {k: (int(f), int(s), int(l)) for k, f, s, l in _USAGE.findall(printed)}
         assert set(usage) == defined_kernels(src.read_text()), (name, sorted(usage))
         for kern, (frame, stores, loads) in usage.items():
             assert (frame, stores, loads) == (0, 0, 0), (
