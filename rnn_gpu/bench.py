@@ -43,6 +43,7 @@ import numpy as np
 
 from . import kernels as _kernels
 from .backend import Backend, cupy_unavailable_reason, describe, get_backend, to_numpy
+from .gradcheck import rel_err
 
 # The training-step shapes (T, B, H, vocabulary) of the engine's benchmark.
 DEFAULT_SHAPES = ((64, 32, 256, 65), (35, 20, 200, 10000), (50, 64, 1024, 1024))
@@ -166,18 +167,6 @@ def blas_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def rel_err(a, b) -> float:
-    """max |a - b| / max |b|: a normwise relative error that tolerates zeros in b."""
-    a = np.asarray(to_numpy(a), dtype=np.float64)
-    b = np.asarray(to_numpy(b), dtype=np.float64)
-    if a.shape != b.shape:
-        return math.inf
-    if not np.isfinite(a).all():
-        return math.inf
-    scale = max(float(np.abs(b).max(initial=0.0)), 1e-30)
-    return float(np.abs(a - b).max(initial=0.0) / scale)
 
 
 # -------------------------------------------------------------------------------------

@@ -157,14 +157,7 @@ def build_model(model_config: dict, params: dict[str, np.ndarray], backend="auto
     """An RNN with `model_config`'s shape and the given parameter values, on `backend`."""
     from .model import RNN  # noqa: PLC0415
 
-    c = model_config
-    m = RNN(
-        c["input_size"], c["hidden_size"], c["output_size"],
-        backend=backend, dtype=c.get("dtype", "float32"), seed=c.get("seed", 0),
-        hidden_activation=c.get("hidden_activation", "tanh"), output=c.get("output", "softmax"),
-    )
-    m.load_params(params)
-    return m
+    return RNN.from_config(model_config, backend=backend, params=params)
 
 
 def load_checkpoint(path: str | Path, backend="auto", *, with_model: bool = True) -> Checkpoint:

@@ -10,6 +10,8 @@ exactly too.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import reference
@@ -70,3 +72,14 @@ def gradcheck(model, x, y, h0=None, truncate=None, mask=None, *, eps: float = 1e
         scale = max(np.abs(a).max(initial=0.0), np.abs(num).max(initial=0.0))
         errors[name] = 0.0 if scale == 0 else float(np.abs(a - num).max() / scale)
     return errors
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b|: a normwise relative error that tolerates zeros in b (inf
+    where the shapes differ or `a` holds a NaN or inf). Either backend's arrays."""
+    a = np.asarray(to_numpy(a), dtype=np.float64)
+    b = np.asarray(to_numpy(b), dtype=np.float64)
+    if a.shape != b.shape or not np.isfinite(a).all():
+        return math.inf
+    scale = max(float(np.abs(b).max(initial=0.0)), 1e-30)
+    return float(np.abs(a - b).max(initial=0.0) / scale)

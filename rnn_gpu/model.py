@@ -89,6 +89,23 @@ class RNN:
             "seed": self.seed,
         }
 
+    @classmethod
+    def from_config(cls, config: dict, *, backend: str | Backend = "auto",
+                    params: dict | None = None) -> RNN:
+        """A model built from :attr:`config` (a checkpoint's model record), optionally
+        with `params` (NumPy or backend arrays) copied in. Missing optional keys take the
+        constructor's defaults."""
+        c = dict(config)
+        try:
+            sizes = c.pop("input_size"), c.pop("hidden_size"), c.pop("output_size")
+        except KeyError as e:
+            raise ValueError(f"config: missing {e.args[0]!r}") from None
+        known = {"dtype", "hidden_activation", "output", "seed"}
+        m = cls(*sizes, backend=backend, **{k: v for k, v in c.items() if k in known})
+        if params is not None:
+            m.load_params(params)
+        return m
+
     def __repr__(self) -> str:
         return (f"RNN({self.input_size}, {self.hidden_size}, {self.output_size}, "
                 f"backend={self.backend.name!r}, dtype={self.dtype.name!r}, "
@@ -99,10 +116,8 @@ class RNN:
         cfg = self.config
         if dtype is not None:
             cfg["dtype"] = dtype
-        m = RNN(cfg.pop("input_size"), cfg.pop("hidden_size"), cfg.pop("output_size"),
-                backend=backend, **cfg)
-        m.load_params({k: to_numpy(v) for k, v in self.params.items()})
-        return m
+        return RNN.from_config(cfg, backend=backend,
+                               params={k: to_numpy(v) for k, v in self.params.items()})
 
     def load_params(self, params: dict) -> None:
         """Copy parameters (NumPy or backend arrays) into this model, checking shapes."""

@@ -10,6 +10,8 @@ import types
 
 import numpy as np
 
+from rnn_gpu.gradcheck import rel_err  # noqa: F401 - one definition, shared
+
 I, H, O = 5, 4, 3
 
 
@@ -41,13 +43,6 @@ def randomize(model, seed: int = 1, scale: float = 0.6):
     for k, v in model.params.items():
         v[...] = model.backend.asarray(rng.uniform(-scale, scale, size=v.shape), dtype=model.dtype)
     return model
-
-
-def rel_err(a, b) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    scale = max(np.abs(b).max(initial=0.0), 1e-30)
-    return float(np.abs(a - b).max(initial=0.0) / scale)
 
 
 # -------------------------------------------------------------------------------------
