@@ -8,7 +8,7 @@ The same code runs on an NVIDIA GPU through CuPy and on any CPU through NumPy::
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .backend import BACKENDS, Backend, get_backend, to_numpy  # noqa: E402
 from .gradcheck import gradcheck  # noqa: E402

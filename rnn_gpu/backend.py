@@ -1,8 +1,11 @@
-"""Array-backend shim: chooses NumPy or CuPy and moves arrays between them.
+"""Array-backend shim: chooses NumPy or CuPy, assembles each with its kernel set, and
+moves arrays between them.
 
-Backend-generic code asks a :class:`Backend` for its array module ``xp`` and never
-imports CuPy itself. Importing this module touches no GPU: CuPy is imported, and a
-device probed, only when a backend is first resolved.
+Backend-generic code asks a :class:`Backend` for its array module ``xp`` and its kernel
+set ``ops`` and never imports CuPy itself. Importing this module touches no GPU and reads
+no environment: CuPy is imported, and a device probed, only when a backend is first
+resolved. This is the one module that imports CuPy; :mod:`rnn_gpu.cuda` and
+:mod:`rnn_gpu.ops` are handed what they need.
 
 Names: ``"numpy"``, ``"cupy"`` and ``"auto"`` (the default, also read from the
 environment variable ``RNN_GPU_BACKEND``). ``"auto"`` picks CuPy only when it imports
@@ -14,15 +17,26 @@ import functools
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .cuda.blas import CublasGemm
+from .cuda.compile import RawModuleLoader, kernel_dir, kernel_source, module_source, nvrtc_options
+from .cuda.compile import raw_module as _raw_module
+from .cuda.launchers import CudaOps
+from .machine import machine_info
+from .ops.numpy_ops import NumpyOps
+
+__all__ = ["BACKENDS", "Backend", "get_backend", "to_numpy", "as_backend", "array_module",
+           "is_cupy_array", "gpu_available", "cupy_unavailable_reason", "describe",
+           "raw_module", "kernel_dir", "kernel_source", "module_source", "nvrtc_options"]
 
 log = logging.getLogger("rnn_gpu")
 
 BACKENDS = ("auto", "numpy", "cupy")
 ENV_VAR = "RNN_GPU_BACKEND"
+TF32_VAR = "RNN_GPU_TF32"
 
 _FIX_HINT = (
     "install the CuPy wheel matching your CUDA driver (pip install 'rnn-gpu[cuda12]' or "
@@ -32,11 +46,22 @@ _FIX_HINT = (
 
 @dataclass(frozen=True)
 class Backend:
-    """One array backend: its name, its array module and (for CuPy) the device."""
+    """One array backend: its name, its array module, the device, and its kernel set.
+
+    ops: what the engine calls (:class:`rnn_gpu.ops.Ops`): the NumPy twins for "numpy"
+    (the default there), a :class:`rnn_gpu.cuda.launchers.CudaOps` for "cupy".
+    """
 
     name: str  # "numpy" or "cupy"
     xp: Any  # the array module
     device: str  # human-readable description
+    ops: Any = None  # the kernel set
+
+    def __post_init__(self):
+        if self.ops is None:
+            if self.name != "numpy":
+                raise ValueError(f"ops: backend {self.name!r} needs its kernel set (a CudaOps)")
+            object.__setattr__(self, "ops", NumpyOps())
 
     @property
     def is_gpu(self) -> bool:
@@ -77,6 +102,12 @@ def _probe_cupy() -> tuple[Any, str | None, str]:
     if n < 1:
         return None, "CuPy imports but no CUDA device is visible", ""
     try:
+        from cupy.cuda import cublas  # noqa: F401,PLC0415 - CuPy 14 wheels may lack its library
+    except Exception as e:
+        return None, (f"CuPy imports but cuBLAS does not load ({type(e).__name__}: {e}); "
+                      "install the CUDA libraries with pip install 'rnn-gpu[cuda12]' (or "
+                      "'[cuda13]')"), ""
+    try:
         dev = cupy.cuda.Device()
         props = cupy.cuda.runtime.getDeviceProperties(dev.id)
         name = props["name"]
@@ -99,7 +130,16 @@ def gpu_available() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _numpy_backend() -> Backend:
-    return Backend("numpy", np, "CPU (NumPy)")
+    return Backend("numpy", np, "CPU (NumPy)", NumpyOps())
+
+
+def cuda_backend(cp: Any, cublas: Any, device: str, loader=None, name: str = "cupy") -> Backend:
+    """A CUDA backend assembled from an array module, its cuBLAS binding and a kernel
+    loader (default: NVRTC through ``cp.RawModule``). ``RNN_GPU_TF32=1`` turns TF32 on."""
+    ops = CudaOps(cp, RawModuleLoader(cp) if loader is None else loader, CublasGemm(cp, cublas))
+    if os.environ.get(TF32_VAR, "").strip().lower() in ("1", "true", "yes", "on"):
+        ops.blas.set_tf32(True)
+    return Backend(name, cp, device, ops)
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,7 +147,9 @@ def _cupy_backend() -> Backend:
     cp, why, device = _probe_cupy()
     if cp is None:
         raise RuntimeError(f"backend 'cupy' is not usable: {why}. To fix: {_FIX_HINT}.")
-    return Backend("cupy", cp, device)
+    from cupy.cuda import cublas  # noqa: PLC0415 - the probe has imported it already
+
+    return cuda_backend(cp, cublas, device)
 
 
 def get_backend(name: str | Backend | None = "auto") -> Backend:
@@ -176,61 +218,17 @@ def as_backend(a, backend: Backend, dtype=None):
 
 
 # -------------------------------------------------------------------------------------
-# CUDA sources. In a source checkout they sit in <repo>/kernels; an installed wheel
-# carries them as rnn_gpu/cuda_kernels (named apart from the module rnn_gpu/kernels.py).
+# CUDA sources: compiled by rnn_gpu.cuda.compile (re-exported above)
 
 
-def kernel_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for cand in (here / "cuda_kernels", here.parent / "kernels"):
-        if any(cand.glob("*.cu")):
-            return cand
-    raise FileNotFoundError(
-        f"CUDA sources not found in {here / 'cuda_kernels'} or {here.parent / 'kernels'}; "
-        "the installation is incomplete (reinstall rnn-gpu)"
-    )
-
-
-def kernel_source(filename: str) -> str:
-    return _read_source(str(kernel_dir() / filename))
-
-
-@functools.lru_cache(maxsize=None)
-def _read_source(path: str) -> str:
-    return Path(path).read_text(encoding="utf-8")
-
-
-def module_source(filename: str, defines: tuple[tuple[str, str], ...] = ()) -> str:
-    """The code :func:`raw_module` compiles: the #defines, then `kernels/<filename>`."""
-    return "".join(f"#define {k} {v}\n" for k, v in defines) + kernel_source(filename)
-
-
-def nvrtc_options() -> tuple[str, ...]:
-    """The NVRTC options :func:`raw_module` compiles with (CuPy adds the architecture)."""
-    return ("--std=c++14", f"-I{kernel_dir()}")
-
-
-@functools.lru_cache(maxsize=None)
 def raw_module(filename: str, defines: tuple[tuple[str, str], ...] = ()):
     """Compile `kernels/<filename>` once (per set of #defines) as a cupy.RawModule."""
-    cp = _cupy_backend().xp
-    return cp.RawModule(code=module_source(filename, defines), options=nvrtc_options())
+    return _raw_module(_cupy_backend().xp, filename, defines)
 
 
 def describe() -> dict[str, str]:
     """Versions and devices, for `rnn-gpu info` and benchmark records."""
-    import platform
-
-    from . import __version__
-
-    info = {
-        "rnn_gpu": __version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "blas": _blas_name(),
-        "cpu": _cpu_name(),
-        "threads": str(os.cpu_count()),
-    }
+    info = machine_info()
     cp, why, device = _probe_cupy()
     if cp is None:
         info["cupy"] = why or "unavailable"
@@ -247,24 +245,3 @@ def describe() -> dict[str, str]:
     except Exception as e:  # an invalid RNN_GPU_BACKEND, say
         info["backend"] = f"error: {e}"
     return info
-
-
-def _blas_name() -> str:
-    try:
-        cfg = np.show_config(mode="dicts")  # NumPy >= 1.25
-        blas = cfg.get("Build Dependencies", {}).get("blas", {})
-        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    except Exception:  # pragma: no cover - old NumPy
-        return "unknown"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()

@@ -321,11 +321,7 @@ def measure_peaks(ctx: Context, backend: Backend, dtype: str) -> dict:
 
 def kernel_versions(spec: _kernels.KernelSpec, backend: Backend) -> dict[str, Callable]:
     """The versions of a kernel timed on `backend`: the CUDA ones on a GPU, the twin on a CPU."""
-    if backend.is_gpu:
-        from . import cuda_ops  # noqa: F401, PLC0415 - fills REGISTRY[...].cupy_versions
-
-        return dict(spec.cupy_versions)
-    return {"numpy": spec.twin}
+    return spec.versions(backend.ops)
 
 
 def _host64(a):

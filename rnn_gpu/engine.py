@@ -1,4 +1,4 @@
-"""The fast BPTT engine, backend-generic through ``xp``.
+"""The fast BPTT engine, backend-generic through ``xp`` and the backend's kernel set.
 
 Everything that is not sequential is one large operation over all T*B rows: the input
 gather (or product), the output layer, softmax-cross-entropy, dV, dc, dW (one product
@@ -7,23 +7,68 @@ time, one GEMM and one fused kernel per step. Per-output truncation (seed 001's
 ``bptt_truncate``) keeps the L = truncate+1 live error streams of a step in one (L, B, H)
 array and moves all of them back one step with a single GEMM.
 
+The engine owns the step sequence (:meth:`Engine.run_step`: forward, output layer,
+backward) and the composite steps built on ``ops.gemm`` (:func:`forward_step`,
+:func:`backward_step`, :func:`trunc_backward_step`); the eager calls and the captured
+CUDA Graph (:class:`rnn_gpu.cuda.graph.GraphedStep`) both run :meth:`Engine.run_step`.
+The kernels come from the backend: ``backend.ops`` (:mod:`rnn_gpu.ops`).
+
 Buffers live in a workspace per input shape, allocated once and reused across calls.
-The kernels come from :mod:`rnn_gpu.kernels` (NumPy twins) or :mod:`rnn_gpu.cuda_ops`.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .kernels import ops_for
+from .reference import param_shapes
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .ops import Ops
 
 _MAX_WORKSPACES = 4  # shapes kept alive (a training run has one, plus a shorter tail)
+
+
+# -------------------------------------------------------------------------------------
+# Composite steps: one GEMM plus one fused kernel, on any kernel set
+
+
+def forward_step(ops: Ops, s_prev, WT, s_next, keep, act: str) -> None:
+    """s_next <- f(s_next + s_prev @ WT), masked rows take s_prev. (B, H) each; s_next
+    holds U x_t + b on entry (the GEMM accumulates onto it)."""
+    ops.gemm(s_prev, WT, s_next, 1.0)
+    ops.act_forward(s_next, s_prev, keep, act)
+
+
+def backward_step(ops: Ops, carry, e, s, keep, dz, W, act: str, last: bool) -> None:
+    """One step of the full recursion: dz from the fused delta update, then
+    carry <- dz @ W (added onto the masked pass-through). dz may be the same array as e.
+    On the last step (t = 0) the carry is not needed: the gradient stops at h0."""
+    ops.delta_step(carry, e, s, keep, dz, act)
+    if last:
+        return
+    ops.gemm(dz, W, carry, 0.0 if keep is None else 1.0)
+
+
+def trunc_backward_step(ops: Ops, G, s, keep, dz_all, dz_sum, W, act: str, last: bool) -> None:
+    """One step of per-output truncated BPTT for all L live streams: one GEMM moves them
+    all back a step (added onto the masked pass-through). G, dz_all: (L, B, H)."""
+    ops.trunc_delta_step(G, s, keep, dz_all, dz_sum, act)
+    L, B, H = G.shape
+    if last or L == 1:
+        return
+    ops.gemm(dz_all.reshape(L * B, H), W, G.reshape(L * B, H), 0.0 if keep is None else 1.0)
+
+
+def live_streams(T: int, truncate: int | None) -> int:
+    """L, the error streams per-output truncation keeps alive (0: full BPTT, one carry)."""
+    return 0 if truncate is None or truncate >= T - 1 else truncate + 1
 
 
 class Workspace:
     """Device buffers for one (T, B, input kind, truncation, mask) configuration."""
 
-    def __init__(self, xp, dtype, T, B, sizes, dense, L, masked):
+    def __init__(self, xp, dtype, T, B, sizes, L):
         I, H, O = sizes
         N = T * B
         e = lambda *shape: xp.empty(shape, dtype=dtype)  # noqa: E731
@@ -31,50 +76,43 @@ class Workspace:
         self.E = e(T, B, H)  # output errors V^T delta_o, overwritten by dz in place
         self.logits = e(N, O)  # logits, then dL/dlogits in place
         self.loss = e(N)  # loss per token
-        self.scratch = e(B, H)
         self.carry = e(B, H)
         self.UT = None  # a C-contiguous U^T, only if params["U"] is not stored that way
         self.SD = None  # (N, H) states times the output-dropout multipliers, when used
-        if L > 1:
+        if L:
             self.G = e(L, B, H)
             self.dz_all = e(L, B, H)
-            self.G_scratch = e(L, B, H) if masked else None
-        elif L == 1:
-            self.G = e(1, B, H)
-            self.dz_all = e(1, B, H)
-            self.G_scratch = None
 
 
 class Engine:
     """Runs forward and backward for one model's sizes, activation and output."""
 
-    def __init__(self, backend, dtype, sizes: tuple[int, int, int], hidden_activation: str,
-                 output: str):
+    def __init__(self, backend: Backend, dtype, sizes: tuple[int, int, int],
+                 hidden_activation: str, output: str):
         self.backend = backend
         self.xp = backend.xp
-        self.ops = ops_for(backend)
+        self.ops = backend.ops
         self.dtype = dtype
         self.sizes = sizes  # (I, H, O)
         self.act = hidden_activation
         self.output = output
         self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
-        I, H, O = sizes
         xp = self.xp
+        self.grads = {k: xp.empty(shape, dtype=dtype) for k, shape in param_shapes(*sizes).items()}
         # dU is stored transposed, (I, H) C-contiguous, like the model's U: the token
         # scatter-add then writes whole rows, and no transpose is ever copied.
-        self.grads = {
-            "U": xp.empty((I, H), dtype=dtype).T, "W": xp.empty((H, H), dtype=dtype),
-            "V": xp.empty((O, H), dtype=dtype), "b": xp.empty((H,), dtype=dtype),
-            "c": xp.empty((O,), dtype=dtype),
-        }
+        self.grads["U"] = xp.empty(self.grads["U"].shape[::-1], dtype=dtype).T
 
     # ---------------------------------------------------------------------------------
 
-    def workspace(self, T: int, B: int, dense: bool, L: int, masked: bool) -> Workspace:
+    def workspace(self, T: int, B: int, dense: bool, truncate: int | None,
+                  masked: bool) -> Workspace:
+        """The buffers for this shape, made on first use (the few most recent are kept)."""
+        L = live_streams(T, truncate)
         key = (T, B, dense, L, masked)
         ws = self._workspaces.get(key)
         if ws is None:
-            ws = Workspace(self.xp, self.dtype, T, B, self.sizes, dense, L, masked)
+            ws = Workspace(self.xp, self.dtype, T, B, self.sizes, L)
             self._workspaces[key] = ws
             while len(self._workspaces) > _MAX_WORKSPACES:
                 self._workspaces.popitem(last=False)
@@ -82,8 +120,8 @@ class Engine:
             self._workspaces.move_to_end(key)
         return ws
 
-    def _forward(self, ws: Workspace, params, x, h0, keep) -> None:
-        """States into ws.S and errors/loss of the output layer into ws.logits/ws.loss."""
+    def forward_states(self, ws: Workspace, params, x, h0, keep) -> None:
+        """States into ws.S: S[0] = h0 (zeros for None), S[t+1] after step t."""
         xp, ops = self.xp, self.ops
         U, W, b = params["U"], params["W"], params["b"]
         T, B = x.shape[:2]
@@ -99,7 +137,7 @@ class Engine:
                 UT = ws.UT
             ops.embed_gather(UT, x.reshape(N), b, S1)
         else:
-            xp.matmul(x.reshape(N, -1), U.T, out=S1)
+            ops.gemm(x.reshape(N, -1), U.T, S1, 0.0)
             S1 += b
         if h0 is None:
             S[0].fill(0)
@@ -107,10 +145,9 @@ class Engine:
             xp.copyto(S[0], h0)
         WT = W.T
         for t in range(T):
-            ops.forward_step(S[t], WT, S[t + 1], None if keep is None else keep[t], self.act,
-                             ws.scratch)
+            forward_step(ops, S[t], WT, S[t + 1], None if keep is None else keep[t], self.act)
 
-    def _output_layer(self, ws: Workspace, params, y, keep, drop=None) -> None:
+    def output_layer(self, ws: Workspace, params, y, keep, drop=None) -> None:
         """Logits, loss per token, and dL/dlogits in place (the loss kernel of `output`).
         `drop` (T, B, H): multipliers on the states the output layer sees (dropout)."""
         xp, ops = self.xp, self.ops
@@ -121,7 +158,7 @@ class Engine:
                 ws.SD = xp.empty((N, H), dtype=self.dtype)
             xp.multiply(S1, drop.reshape(N, H), out=ws.SD)
             S1 = ws.SD
-        xp.matmul(S1, params["V"].T, out=ws.logits)
+        ops.gemm(S1, params["V"].T, ws.logits, 0.0)
         ws.logits += params["c"]
         keep_flat = None if keep is None else keep.reshape(N)
         if self.output == "softmax":
@@ -131,8 +168,9 @@ class Engine:
         else:
             ops.squared_error(ws.logits, y.reshape(N, -1), keep_flat, ws.loss)
 
-    def _backward(self, ws: Workspace, params, x, keep, truncate: int | None,
-                  drop=None) -> None:
+    def backward(self, ws: Workspace, params, x, keep, truncate: int | None,
+                 drop=None) -> None:
+        """Gradients into self.grads from the errors the output layer left in ws."""
         xp, ops = self.xp, self.ops
         g = self.grads
         W, V = params["W"], params["V"]
@@ -143,25 +181,24 @@ class Engine:
         dlogits = ws.logits
         ops.outer_accum(g["V"], dlogits, S1, False)  # dV = sum_t delta_o_t s_t^T
         ops.bias_grad(dlogits, g["c"])
-        xp.matmul(dlogits, V, out=E.reshape(N, H))  # e_t = V^T delta_o_t, all steps at once
+        ops.gemm(dlogits, V, E.reshape(N, H), 0.0)  # e_t = V^T delta_o_t, all steps at once
         if drop is not None:
             E *= drop  # through the dropout multipliers
 
-        k = truncate
-        if k is None or k >= T - 1:  # full BPTT: one carried error
+        L = live_streams(T, truncate)
+        if not L:  # full BPTT: one carried error
             carry = ws.carry
             carry.fill(0)
             for t in range(T - 1, -1, -1):
-                ops.backward_step(carry, E[t], S[t + 1], None if keep is None else keep[t],
-                                  E[t], W, self.act, t == 0, ws.scratch)
+                backward_step(ops, carry, E[t], S[t + 1], None if keep is None else keep[t],
+                              E[t], W, self.act, t == 0)
         else:  # per-output truncation: L = k+1 live streams in a ring, slot t % L
-            L = k + 1
             G = ws.G
             G.fill(0)
             for j in range(T - 1, -1, -1):
                 xp.copyto(G[j % L], E[j])  # output j's stream starts here; frees t = j+L
-                ops.trunc_backward_step(G, S[j + 1], None if keep is None else keep[j],
-                                        ws.dz_all, E[j], W, self.act, j == 0, ws.G_scratch)
+                trunc_backward_step(ops, G, S[j + 1], None if keep is None else keep[j],
+                                    ws.dz_all, E[j], W, self.act, j == 0)
 
         DZ = E.reshape(N, H)  # dL/d(pre-activation) for every step
         ops.outer_accum(g["W"], DZ, S[:-1].reshape(N, H), False)  # dW = sum_t dz_t s_{t-1}^T
@@ -173,34 +210,43 @@ class Engine:
         else:
             ops.outer_accum(dUT, x.reshape(N, -1), DZ, False)  # dU^T = sum_t x_t dz_t^T
 
+    def run_step(self, ws: Workspace, params, x, y, h0, keep, truncate, drop=None) -> None:
+        """The whole training step on device arrays, with no host read: states, loss per
+        token (ws.loss) and gradients (self.grads). What eager calls and the captured
+        CUDA Graph both run."""
+        self.forward_states(ws, params, x, h0, keep)
+        self.output_layer(ws, params, y, keep, drop)
+        self.backward(ws, params, x, keep, truncate, drop)
+
+    def summed_loss(self, ws: Workspace) -> float:
+        """The loss of the last step run on `ws`, summed in float64 (a host read)."""
+        return float(ws.loss.sum(dtype=self.xp.float64))
+
     # ---------------------------------------------------------------------------------
 
     def loss_and_grads(self, params, x, y, h0, keep, truncate, drop=None) -> tuple[float, dict, Any]:
         """x, y, h0, keep, drop: validated arrays on this backend (keep: (T, B) 0/1 or
         None; drop: (T, B, H) output-dropout multipliers or None)."""
         T, B = x.shape[:2]
-        L = 0 if truncate is None or truncate >= T - 1 else truncate + 1
-        ws = self.workspace(T, B, x.ndim == 3, L, keep is not None)
-        self._forward(ws, params, x, h0, keep)
-        self._output_layer(ws, params, y, keep, drop)
-        self._backward(ws, params, x, keep, truncate, drop)
-        loss = float(ws.loss.sum(dtype=self.xp.float64))
-        return loss, self.grads, ws.S[T].copy()
+        ws = self.workspace(T, B, x.ndim == 3, truncate, keep is not None)
+        self.run_step(ws, params, x, y, h0, keep, truncate, drop)
+        return self.summed_loss(ws), self.grads, ws.S[T].copy()
 
     def loss(self, params, x, y, h0, keep) -> tuple[float, Any]:
         """Forward only: the summed loss and the last state."""
         T, B = x.shape[:2]
-        ws = self.workspace(T, B, x.ndim == 3, 0, keep is not None)
-        self._forward(ws, params, x, h0, keep)
-        self._output_layer(ws, params, y, keep)
-        return float(ws.loss.sum(dtype=self.xp.float64)), ws.S[T].copy()
+        ws = self.workspace(T, B, x.ndim == 3, None, keep is not None)
+        self.forward_states(ws, params, x, h0, keep)
+        self.output_layer(ws, params, y, keep)
+        return self.summed_loss(ws), ws.S[T].copy()
 
     def forward(self, params, x, h0, keep) -> tuple[Any, Any]:
         """Logits (T, B, O), a fresh array, and the last state (B, H)."""
         T, B = x.shape[:2]
-        ws = self.workspace(T, B, x.ndim == 3, 0, keep is not None)
-        self._forward(ws, params, x, h0, keep)
+        ws = self.workspace(T, B, x.ndim == 3, None, keep is not None)
+        self.forward_states(ws, params, x, h0, keep)
         N, H = T * B, self.sizes[1]
-        logits = self.xp.matmul(ws.S[1:].reshape(N, H), params["V"].T)
+        logits = self.xp.empty((N, self.sizes[2]), dtype=self.dtype)
+        self.ops.gemm(ws.S[1:].reshape(N, H), params["V"].T, logits, 0.0)
         logits += params["c"]
         return logits.reshape(T, B, -1), ws.S[T].copy()

@@ -14,10 +14,10 @@ import numpy as np
 from . import reference
 from .backend import Backend, get_backend, is_cupy_array, to_numpy
 from .engine import Engine
-from .reference import ACTIVATIONS, OUTPUTS
+from .reference import ACTIVATIONS, OUTPUTS, PARAM_NAMES, param_shapes
 
 DTYPES = ("float32", "float64")
-PARAM_NAMES = ("U", "W", "V", "b", "c")
+__all__ = ["RNN", "DTYPES", "PARAM_NAMES"]
 
 
 def _check_positive_int(name: str, v) -> int:
@@ -63,10 +63,9 @@ class RNN:
 
         rng = np.random.default_rng(self.seed)
         r = 1.0 / np.sqrt(H)
-        host = {
-            "U": rng.uniform(-r, r, (H, I)), "W": rng.uniform(-r, r, (H, H)),
-            "V": rng.uniform(-r, r, (O, H)), "b": np.zeros(H), "c": np.zeros(O),
-        }
+        shapes = param_shapes(I, H, O)
+        host = {k: rng.uniform(-r, r, shapes[k]) for k in ("U", "W", "V")}  # this order:
+        host.update(b=np.zeros(H), c=np.zeros(O))  # the init stream of every seed so far
         self.params: dict[str, Any] = {
             k: self.backend.asarray(np.ascontiguousarray(v, dtype=self.dtype))
             for k, v in host.items()

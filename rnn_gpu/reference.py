@@ -31,6 +31,12 @@ import numpy as np
 
 ACTIVATIONS = ("tanh", "sigmoid", "relu")
 OUTPUTS = ("softmax", "sigmoid", "linear")
+PARAM_NAMES = ("U", "W", "V", "b", "c")
+
+
+def param_shapes(I: int, H: int, O: int) -> dict[str, tuple[int, ...]]:
+    """The parameters of an Elman RNN with I inputs, H hidden units and O outputs."""
+    return {"U": (H, I), "W": (H, H), "V": (O, H), "b": (H,), "c": (O,)}
 
 
 def activation(name: str, a: np.ndarray) -> np.ndarray:

@@ -82,7 +82,7 @@ def header_kernels(src: str) -> set[str]:
 
 
 # -------------------------------------------------------------------------------------
-# Where the CUDA tests run: a real GPU through CuPy, or the CPU emulator (tests/cuda_emu.py)
+# Where the CUDA tests run: a real GPU through CuPy, or the CPU emulator (tests/cuda_emu/)
 
 EMULATED_ORDERS = {"emulated": 2, "emulated-ascending": 0, "emulated-descending": 1}
 
@@ -97,17 +97,16 @@ def device_params(*emulated: str) -> list:
 
 @contextlib.contextmanager
 def cuda_device(kind: str):
-    """A namespace with cp (the array module the tests allocate with), ops (the
-    rnn_gpu.cuda_ops launchers) and backend on `kind`; make models with :func:`cuda_model`."""
+    """A namespace with cp (the array module the tests allocate with), ops (the backend's
+    CUDA kernel set, a rnn_gpu.cuda.launchers.CudaOps) and backend on `kind`; make models
+    with :func:`cuda_model`."""
     import pytest  # noqa: PLC0415
 
     import rnn_gpu  # noqa: PLC0415
 
     if kind == "cuda":
         be = rnn_gpu.get_backend("cupy")
-        from rnn_gpu import cuda_ops  # noqa: PLC0415 - needs CuPy
-
-        yield types.SimpleNamespace(kind=kind, cp=be.xp, ops=cuda_ops, backend=be)
+        yield types.SimpleNamespace(kind=kind, cp=be.xp, ops=be.ops, backend=be)
         return
     from . import cuda_emu  # noqa: PLC0415
 
@@ -120,7 +119,7 @@ def cuda_device(kind: str):
     cuda_emu.Kernel.order = EMULATED_ORDERS[kind]
     try:
         be = cuda_emu.emulated_backend()
-        yield types.SimpleNamespace(kind=kind, cp=be.xp, ops=cuda_emu.load_cuda_ops(), backend=be)
+        yield types.SimpleNamespace(kind=kind, cp=be.xp, ops=be.ops, backend=be)
     finally:
         cuda_emu.Kernel.order = saved
 
@@ -129,9 +128,4 @@ def cuda_model(dev, *args, **kwargs):
     """rnn_gpu.RNN(*args, **kwargs) on the device `dev` from :func:`cuda_device`."""
     import rnn_gpu  # noqa: PLC0415
 
-    if dev.kind == "cuda":
-        return rnn_gpu.RNN(*args, backend=dev.backend, **kwargs)
-    from . import cuda_emu  # noqa: PLC0415
-
-    with cuda_emu.installed(dev.ops):
-        return rnn_gpu.RNN(*args, backend=dev.backend, **kwargs)
+    return rnn_gpu.RNN(*args, backend=dev.backend, **kwargs)

@@ -1,6 +1,6 @@
 """Each CUDA kernel against its NumPy twin, the launchers' checks, the GEMM helper and the
 composite steps: on a GPU (marker gpu), and on the CPU emulator (tests/cuda_emu.py) in
-three thread orders, which runs the same kernel sources with cuBLAS's column-major
+three thread orders (tests/cuda_emu/), which runs the same kernel sources with cuBLAS's column-major
 contract in place of cuBLAS. CUDA Graph replay and TF32 mode need a real GPU."""
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 import rnn_gpu
-from rnn_gpu import kernels, reference, to_numpy
+from rnn_gpu import engine, reference, to_numpy
+from rnn_gpu.ops import REGISTRY, NumpyOps
+from rnn_gpu.ops import numpy_ops as twins
 
-from .helpers import EMULATED_ORDERS, cuda_device, device_params, make_problem, randomize, rel_err
+from ..helpers import EMULATED_ORDERS, cuda_device, device_params, make_problem, randomize, rel_err
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 ACT_KERNELS = ("act_forward", "delta_step", "trunc_delta_step")
@@ -54,7 +56,7 @@ def _check(name, got, want, dtype, what=""):
 
 
 def _cases():
-    for name, spec in kernels.REGISTRY.items():
+    for name, spec in REGISTRY.items():
         acts = reference.ACTIVATIONS if name in ACT_KERNELS else (None,)
         masks = (True, False) if name in KEEP_ARG else (None,)
         for act in acts:
@@ -66,11 +68,10 @@ def _cases():
 @pytest.mark.parametrize("name,act,masked,dtype", list(_cases()),
                          ids=lambda v: getattr(v, "__name__", str(v)))
 def test_cuda_versions_match_twin(device, cuda_ops, cp, name, act, masked, dtype):
-    spec = kernels.REGISTRY[name]
-    versions = cuda_ops._VERSIONS[name]
+    spec = REGISTRY[name]
+    versions = spec.versions(cuda_ops)  # the registry names them, the kernel set runs them
     assert versions, f"{name}: no CUDA version"
-    if device.kind == "cuda":  # importing cuda_ops registered them for the bench and docs
-        assert spec.cupy_versions == versions
+    assert set(versions) == set(spec.cuda_versions) and "numpy" not in versions
     rng = np.random.default_rng(0)
     extra = {} if act is None else {"act": act}
     base = spec.make_args(np, rng, spec.sizes["quick"], dtype, **extra)
@@ -100,7 +101,7 @@ def test_id_types(cuda_ops, cp, dtype, ids_dtype):
     loss = np.empty(N, dtype)
     zd, lossd = cp.asarray(z), cp.asarray(loss)
     cuda_ops.softmax_xent(zd, cp.asarray(y), None, lossd)
-    kernels.softmax_xent(z, y, None, loss)
+    twins.softmax_xent(z, y, None, loss)
     _check("softmax_xent", zd, z, dtype)
     _check("softmax_xent loss", lossd, loss, dtype)
     UT = rng.uniform(-1, 1, (I, H)).astype(dtype)
@@ -123,7 +124,7 @@ def test_softmax_large_vocabulary(cuda_ops, cp, dtype, masked):
     loss = np.empty(N, dtype)
     zd, lossd = cp.asarray(z), cp.asarray(loss)
     cuda_ops.softmax_xent(zd, cp.asarray(y), None if keep is None else cp.asarray(keep), lossd)
-    kernels.softmax_xent(z, y, keep, loss)
+    twins.softmax_xent(z, y, keep, loss)
     _check("softmax_xent", zd, z, dtype)
     _check("softmax_xent loss", lossd, loss, dtype)
 
@@ -184,29 +185,28 @@ def test_composite_steps_match_twins(cuda_ops, cp, act, masked, dtype):
 
     s_prev, s_next = r(B, H), r(B, H)
     want = s_next.copy()
-    kernels.forward_step(s_prev, W.T, want, keep, act, np.empty((B, H), dtype))
+    host = NumpyOps()
+    engine.forward_step(host, s_prev, W.T, want, keep, act)
     sp, sn, kd, Wd = dev(s_prev, s_next, keep, W)
-    cuda_ops.forward_step(sp, Wd.T, sn, kd, act, cp.empty((B, H), dtype))
+    engine.forward_step(cuda_ops, sp, Wd.T, sn, kd, act)
     _check("forward_step", sn, want, dtype)
 
     for last in (False, True):
         carry, e, s = r(B, H), r(B, H), r(B, H)
         wc, we = carry.copy(), e.copy()
-        kernels.backward_step(wc, we, s, keep, we, W, act, last, np.empty((B, H), dtype))
+        engine.backward_step(host, wc, we, s, keep, we, W, act, last)
         cd, ed, sd, kd, Wd = dev(carry, e, s, keep, W)
-        cuda_ops.backward_step(cd, ed, sd, kd, ed, Wd, act, last, cp.empty((B, H), dtype))
+        engine.backward_step(cuda_ops, cd, ed, sd, kd, ed, Wd, act, last)
         _check("backward_step dz", ed, we, dtype, f" last={last}")
         if not last:
             _check("backward_step carry", cd, wc, dtype)
 
         G, s = r(L, B, H), r(B, H)
         wG, wall, wsum = G.copy(), np.empty((L, B, H), dtype), np.empty((B, H), dtype)
-        kernels.trunc_backward_step(wG, s, keep, wall, wsum, W, act, last,
-                                    np.empty((L, B, H), dtype))
+        engine.trunc_backward_step(host, wG, s, keep, wall, wsum, W, act, last)
         Gd, sd, kd, Wd = dev(G, s, keep, W)
         alld, sumd = cp.empty((L, B, H), dtype), cp.empty((B, H), dtype)
-        cuda_ops.trunc_backward_step(Gd, sd, kd, alld, sumd, Wd, act, last,
-                                     cp.empty((L, B, H), dtype))
+        engine.trunc_backward_step(cuda_ops, Gd, sd, kd, alld, sumd, Wd, act, last)
         _check("trunc_backward_step dz_all", alld, wall, dtype)
         _check("trunc_backward_step dz_sum", sumd, wsum, dtype)
         if not last:
@@ -303,20 +303,19 @@ def test_graph_sees_in_place_parameter_updates(gpu_cp):
 
 @pytest.mark.gpu
 def test_tf32_within_documented_tolerance(gpu_cp):
-    from rnn_gpu import cuda_ops  # noqa: PLC0415 - needs CuPy
-
+    blas = rnn_gpu.get_backend("cupy").ops.blas
     if int(gpu_cp.cuda.Device().compute_capability) < 80:
         pytest.skip("TF32 needs compute capability 8.0 or newer")
     sizes = (40, 64, 50)
     m = randomize(rnn_gpu.RNN(*sizes, backend="cupy", dtype="float32"), scale=0.3)
     x, y, h0, mask = make_problem("softmax", True, True, True, T=12, B=8, sizes=sizes)
     rl, rg, _ = m.reference_loss_and_grads(x, y, h0=h0, mask=mask)
-    cuda_ops.set_tf32(True)
+    blas.set_tf32(True)
     try:
-        assert cuda_ops.tf32_enabled()
+        assert blas.tf32
         loss, g, _ = m.loss_and_grads(x, y, h0=h0, mask=mask)
     finally:
-        cuda_ops.set_tf32(False)
+        blas.set_tf32(False)
     assert loss == pytest.approx(rl, rel=3e-2)
     for k in g:
         assert rel_err(to_numpy(g[k]), rg[k]) < 3e-2, k

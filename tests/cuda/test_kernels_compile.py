@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from rnn_gpu import backend, kernels
+from rnn_gpu import backend
+from rnn_gpu.cuda.launchers import DEFINES
+from rnn_gpu.ops import REGISTRY
 
-from .helpers import defined_kernels, header_kernels
+from ..helpers import defined_kernels, header_kernels
 
 KDIR = backend.kernel_dir()
 SOURCES = sorted(KDIR.glob("*.cu"))
@@ -74,7 +76,7 @@ def test_tunables_have_defaults(path):
 
 
 def test_registry_sources_exist_and_define_the_kernel():
-    for spec in kernels.REGISTRY.values():
+    for spec in REGISTRY.values():
         if spec.source is None:
             continue
         path = KDIR / spec.source
@@ -117,10 +119,10 @@ def _nvrtc():
 
 
 @pytest.mark.parametrize("arch", ("compute_80", "compute_90"))
-def test_kernels_compile_with_nvrtc_as_raw_module_does(cuda_ops_host, arch):
+def test_kernels_compile_with_nvrtc_as_raw_module_does(arch):
     nvrtc = _nvrtc()
-    assert set(cuda_ops_host._DEFINES) == {p.name for p in SOURCES}
-    for name, defines in cuda_ops_host._DEFINES.items():
+    assert set(DEFINES) == {p.name for p in SOURCES}
+    for name, defines in DEFINES.items():
         prog = nvrtc.createProgram(backend.module_source(name, defines), name, [], [])
         try:
             nvrtc.compileProgram(prog, [*backend.nvrtc_options(), f"--gpu-architecture={arch}"])
@@ -141,9 +143,9 @@ _USAGE = re.compile(r"Function properties for (\w+)\s*\n\s*(\d+) bytes stack fra
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_no_kernel_spills_registers(cuda_ops_host, arch, tmp_path):
+def test_no_kernel_spills_registers(arch, tmp_path):
     seen = set()
-    for name, defines in cuda_ops_host._DEFINES.items():
+    for name, defines in DEFINES.items():
         src = tmp_path / name
         src.write_text(backend.module_source(name, defines))
         printed = _run_nvcc("-cubin", f"-arch={arch}", "--resource-usage", str(src),

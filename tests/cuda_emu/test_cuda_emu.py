@@ -1,4 +1,4 @@
-"""The CPU emulator of the CUDA kernels (tests/cuda_emu.py) catches what it claims to: a
+"""The CPU emulator of the CUDA kernels (tests/cuda_emu/) catches what it claims to: a
 kernel source with a barrier taken out, an out-of-bounds store or read, a divergent
 barrier, an argument of the wrong type, an illegal launch or one beyond the kernel's
 __launch_bounds__, a shuffle in a partial warp, a GEMM with a bad leading dimension. Each case runs a deliberately broken copy of a real
@@ -6,15 +6,16 @@ kernel source (or a real kernel called wrongly), so a clean emulated run means s
 from __future__ import annotations
 
 import ctypes
-import sys
 
 import numpy as np
 import pytest
 
-from rnn_gpu import backend, kernels
+from rnn_gpu.cuda.compile import module_source
+from rnn_gpu.cuda.launchers import DEFINES
+from rnn_gpu.ops import REGISTRY
 
-from . import cuda_emu
-from .helpers import EMULATED_ORDERS, cuda_device, rel_err
+from .. import cuda_emu
+from ..helpers import EMULATED_ORDERS, cuda_device, rel_err
 
 
 @pytest.fixture(scope="module")
@@ -24,24 +25,21 @@ def ops():
 
 
 @pytest.fixture
-def broken(ops, monkeypatch):
-    """broken(filename, old, new, count=1): the launchers of `ops` now run
-    kernels/<filename> with `old` (found `count` times) replaced by `new`."""
+def broken(ops):
+    """broken(filename, old, new, count=1): the emulated backend's kernel set, on a loader
+    that builds kernels/<filename> with `old` (found `count` times) replaced by `new`."""
 
     def apply(filename, old, new, count=1):
-        src = backend.module_source(filename, ops._DEFINES[filename])
+        src = module_source(filename, DEFINES[filename])
         assert src.count(old) == count, f"{filename}: {old!r} not found {count} times"
-        lib = cuda_emu.build(src.replace(old, new), f"broken_{filename}")
-        real = ops._kernel
-        monkeypatch.setattr(ops, "_kernel", lambda f, n: cuda_emu.Kernel(lib, n) if f == filename
-                            else real(f, n))
+        return cuda_emu.emulated_backend(cuda_emu.Loader({filename: src.replace(old, new)})).ops
     return apply
 
 
 def _run(ops, name, version, dtype=np.float32, order=2):
     """The largest relative error of a kernel version against its twin on the registry's
     quick size, in one thread order."""
-    spec = kernels.REGISTRY[name]
+    spec = REGISTRY[name]
     args = spec.make_args(np, np.random.default_rng(0), spec.sizes["quick"], dtype)
     want = tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args)
     spec.twin(*want)
@@ -49,7 +47,7 @@ def _run(ops, name, version, dtype=np.float32, order=2):
     saved = cuda_emu.Kernel.order
     cuda_emu.Kernel.order = order
     try:
-        ops._VERSIONS[name][version](*got)
+        spec.versions(ops)[version](*got)
     finally:
         cuda_emu.Kernel.order = saved
     return max(rel_err(got[i], want[i]) for i in spec.outputs)
@@ -81,33 +79,33 @@ MISSING_BARRIERS = [
                          ids=lambda v: v if isinstance(v, str) and "\n" not in v else None)
 def test_a_missing_barrier_changes_the_result(ops, broken, filename, name, version, with_barrier):
     without = with_barrier.replace("__syncthreads();", "")
-    broken(filename, with_barrier, without)
+    ops = broken(filename, with_barrier, without)
     assert _worst_over_orders(ops, name, version) > 1e-3
 
 
 def test_an_out_of_bounds_store_is_caught(ops, broken):
-    broken("rnn_backward.cu", "i < (unsigned)n; i += stride) {\n        T c",
+    ops = broken("rnn_backward.cu", "i < (unsigned)n; i += stride) {\n        T c",
            "i <= (unsigned)n; i += stride) {\n        T c")
     with pytest.raises(cuda_emu.EmulationError, match="rnn_delta_step_f32: wrote outside an array"):
         _run(ops, "delta_step", "fused")
 
 
 def test_an_out_of_bounds_read_brings_a_nan(ops, broken):
-    broken("rnn_backward.cu", "const T k = keep[i / H];", "const T k = keep[i % H];")
+    ops = broken("rnn_backward.cu", "const T k = keep[i / H];", "const T k = keep[i % H];")
     assert not np.isfinite(_run(ops, "delta_step", "fused"))
 
 
 def test_a_stray_pointer_is_an_illegal_address_not_a_crash(ops, broken):
     # one element past the end: reads ids[N] (a guard) and gathers from far outside UT
     old = "i < n; i += stride) {\n        const long long row = i / H;\n        const int h = (int)(i - row * H);\n        out[i]"
-    broken("rnn_embed.cu", old, old.replace("i < n", "i <= n"))
+    ops = broken("rnn_embed.cu", old, old.replace("i < n", "i <= n"))
     with pytest.raises(cuda_emu.EmulationError, match="illegal address"):
         _run(ops, "embed_gather", "fused")
     assert _run(ops, "act_forward", "fused") < 1e-6  # the emulator still works afterwards
 
 
 def test_a_divergent_barrier_is_reported(ops, broken):
-    broken("rnn_embed.cu", "    part[threadIdx.y][threadIdx.x] = s;\n    __syncthreads();\n",
+    ops = broken("rnn_embed.cu", "    part[threadIdx.y][threadIdx.x] = s;\n    __syncthreads();\n",
            "    part[threadIdx.y][threadIdx.x] = s;\n    if (threadIdx.y > 0) __syncthreads();\n")
     with pytest.raises(cuda_emu.EmulationError, match=r"deadlocks: 480 threads wait at "
                                                       r"__syncthreads, 0 at a warp shuffle.*32 have returned"):
@@ -115,14 +113,14 @@ def test_a_divergent_barrier_is_reported(ops, broken):
 
 
 def test_a_block_beyond_the_launch_bounds_is_refused(ops, broken):
-    broken("rnn_embed.cu", "__launch_bounds__(BIAS_COLS * BIAS_ROWS)", "__launch_bounds__(256)", 2)
+    ops = broken("rnn_embed.cu", "__launch_bounds__(BIAS_COLS * BIAS_ROWS)", "__launch_bounds__(256)", 2)
     with pytest.raises(cuda_emu.EmulationError, match=r"rnn_bias_grad_f32: a block of 512 "
                                                       r"threads exceeds its __launch_bounds__\(256\)"):
         _run(ops, "bias_grad", "colsum")
 
 
 def _xent_kernel(ops):
-    return cuda_emu.kernel("rnn_xent.cu", "rnn_softmax_xent_f32_i32", ops._DEFINES["rnn_xent.cu"])
+    return cuda_emu.kernel("rnn_xent.cu", "rnn_softmax_xent_f32_i32", DEFINES["rnn_xent.cu"])
 
 
 def _xent_args(N=3, O=70, ids=np.int32):
@@ -181,14 +179,18 @@ def test_guards_see_a_store_past_the_end():
     cuda_emu.check_guards("test")  # the guard was restored
 
 
-def test_loading_leaves_no_trace():
-    import rnn_gpu
+def test_the_emulated_backend_is_assembled_like_the_real_one():
+    """A Backend named "cupy" whose ops are the real launchers on the emulated array
+    module, loader and cuBLAS: nothing swapped in sys.modules, nothing shared."""
+    import sys
 
-    before = {n: dict(s.cupy_versions) for n, s in kernels.REGISTRY.items()}
-    had = {k: sys.modules.get(k) for k in ("cupy", "cupy.cuda", "rnn_gpu.cuda_ops")}
-    attr = rnn_gpu.__dict__.get("cuda_ops")
-    ops = cuda_emu.load_cuda_ops()
-    assert ops.cupy.ndarray is cuda_emu.DeviceArray
+    from rnn_gpu.cuda.launchers import CudaOps
+
+    had = {k: sys.modules.get(k) for k in ("cupy", "cupy.cuda", "cupy.cuda.cublas")}
+    be = cuda_emu.emulated_backend()
+    assert be.name == "cupy" and be.is_gpu and isinstance(be.ops, CudaOps)
+    assert be.xp.ndarray is cuda_emu.DeviceArray and be.ops.xp is be.xp
+    assert be.ops.blas.cublas is be.xp.cuda.cublas
+    assert isinstance(be.ops.loader, cuda_emu.Loader)
     assert {k: sys.modules.get(k) for k in had} == had
-    assert rnn_gpu.__dict__.get("cuda_ops") is attr
-    assert {n: dict(s.cupy_versions) for n, s in kernels.REGISTRY.items()} == before
+    assert cuda_emu.emulated_backend().ops is not be.ops

@@ -8,7 +8,7 @@ import pytest
 
 from rnn_gpu import reference
 
-from .helpers import H, I, O, make_problem
+from ..helpers import H, I, O, make_problem
 
 T = 6
 TRUNCATIONS = (None, 0, 1, 3, T)

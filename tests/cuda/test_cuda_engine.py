@@ -1,6 +1,6 @@
 """The engine on the CUDA launchers against the float64 reference, for every configuration
 of the NumPy engine tests, larger sizes and a 50,000-word vocabulary: on a GPU (marker gpu)
-and on the CPU emulator (tests/cuda_emu.py), which runs the same kernel sources and
+and on the CPU emulator (tests/cuda_emu/), which runs the same kernel sources and
 launchers with cuBLAS's column-major contract in place of cuBLAS."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import rnn_gpu
 from rnn_gpu import reference, to_numpy
 
-from .helpers import H, I, O, cuda_device, cuda_model, device_params, make_problem, randomize, rel_err
+from ..helpers import H, I, O, cuda_device, cuda_model, device_params, make_problem, randomize, rel_err
 
 T = 6
 CONFIGS = list(itertools.product(reference.ACTIVATIONS, reference.OUTPUTS, (None, 0, 1, 2, T),
@@ -38,8 +38,10 @@ def _compare(m, x, y, h0, trunc, mask, tol):
 
 
 def test_engine_runs_the_cuda_launchers(device):
+    from rnn_gpu.cuda.launchers import CudaOps  # noqa: PLC0415
+
     m = cuda_model(device, I, H, O)
-    assert m._engine.ops is device.ops.CupyOps
+    assert m._engine.ops is device.backend.ops and isinstance(m._engine.ops, CudaOps)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -1,0 +1,387 @@
+"""CUDA launchers for the engine's kernels: :class:`CudaOps`, the CuPy backend's kernel set.
+
+One launcher per kernel, with the signature and the in-place semantics of its NumPy twin
+in :mod:`rnn_gpu.ops.numpy_ops`. CuPy checks nothing passed to a RawKernel, so every
+launcher checks dtype (float32 or float64, the same for all float arguments),
+C-contiguity, shapes and that arrays are device arrays, and raises
+``ValueError("kernel: arg: expected ..., got ...")``; then it computes its grid and
+launches on the current stream.
+
+A :class:`CudaOps` is handed everything device-specific: the array module (``cupy``), a
+kernel loader (:class:`rnn_gpu.cuda.compile.RawModuleLoader`, or the tests' emulator) and
+a GEMM object (:class:`rnn_gpu.cuda.blas.CublasGemm`). GEMMs go straight to cuBLAS so
+that they can accumulate (beta = 1) and never allocate.
+
+Environment: ``RNN_GPU_OUTER=cublas|tiled`` forces the outer-product version (tests,
+benchmarks); read at each call.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .blas import CublasGemm
+from .blas import describe as _desc
+from .blas import fail as _fail
+from .outer import OUTER_TILE, OuterChoice, tiled_fits
+
+# Launch configuration. Each value is also passed to the .cu file as a #define, so the
+# kernel and its launcher cannot disagree.
+ELEM_BLOCK = 256  # pointwise kernels
+XENT_BLOCK = 256  # threads per row in the loss kernels
+OUTER_THREADS, OUTER_TN = 16, 16
+BIAS_COLS, BIAS_ROWS = 32, 16
+_MAX_BLOCKS = 65535  # grid-stride loops cover the rest
+
+_ACT = {"tanh": 0, "sigmoid": 1, "relu": 2}
+_FLOAT = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_INT = {np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
+_INT32_MAX = 2**31 - 1
+
+DEFINES = {
+    "rnn_forward.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)),),
+    "rnn_backward.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)),),
+    "rnn_xent.cu": (("XENT_BLOCK", str(XENT_BLOCK)),),
+    "rnn_outer.cu": (("OUTER_TILE", str(OUTER_TILE)), ("OUTER_THREADS", str(OUTER_THREADS)),
+                     ("OUTER_TN", str(OUTER_TN))),
+    "rnn_embed.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)), ("BIAS_COLS", str(BIAS_COLS)),
+                     ("BIAS_ROWS", str(BIAS_ROWS))),
+}
+
+
+def _shape(kern: str, arg: str, a, shape: tuple) -> None:
+    if tuple(a.shape) != tuple(shape):
+        _fail(kern, arg, f"shape {tuple(shape)}", _desc(a))
+
+
+def _act(kern: str, act) -> np.int32:
+    if act not in _ACT:
+        _fail(kern, "act", "tanh, sigmoid or relu", repr(act))
+    return np.int32(_ACT[act])
+
+
+def _count32(kern: str, n: int) -> np.int32:
+    if n > _INT32_MAX:
+        _fail(kern, "size", "fewer than 2^31 elements", str(n))
+    return np.int32(n)
+
+
+def _blocks(n: int, block: int) -> int:
+    return max(1, min(_MAX_BLOCKS, -(-n // block)))
+
+
+def _keep_arg(keep, fallback):
+    # A null keep pointer is never read (has_keep == 0); pass a valid array of the right
+    # type anyway rather than a bare integer.
+    return fallback if keep is None else keep
+
+
+class CudaOps:
+    """The operations the engine calls, done by the CUDA kernels and cuBLAS.
+
+    xp: the array module (``cupy``); loader(filename, defines, name) -> kernel; blas: a
+    :class:`CublasGemm` (its ``gemm`` is this kernel set's ``gemm``).
+    """
+
+    name = "cuda"
+
+    def __init__(self, xp: Any, loader, blas: CublasGemm):
+        self.xp = xp
+        self.loader = loader
+        self.blas = blas
+        self.outer = OuterChoice()
+
+    def __repr__(self) -> str:
+        return f"CudaOps({getattr(self.xp, '__name__', self.xp)!r})"
+
+    def _kernel(self, filename: str, name: str):
+        return self.loader(filename, DEFINES[filename], name)
+
+    # ---------------------------------------------------------------------------------
+    # Validation. Messages name the kernel and the argument, what was expected, what came.
+
+    def _dev(self, kern: str, arg: str, a) -> None:
+        if not isinstance(a, self.xp.ndarray):
+            _fail(kern, arg, "a cupy.ndarray (these launchers run on the GPU only)", _desc(a))
+        if not a.flags.c_contiguous:
+            _fail(kern, arg, "a C-contiguous array", f"strides {a.strides} for shape {a.shape}")
+
+    def _floats(self, kern: str, **arrays) -> np.dtype:
+        """Check that the float arguments are device arrays sharing float32 or float64."""
+        dtype = None
+        for arg, a in arrays.items():
+            self._dev(kern, arg, a)
+            if a.dtype not in _FLOAT:
+                _fail(kern, arg, "float32 or float64", _desc(a))
+            if dtype is None:
+                dtype, first = a.dtype, arg
+            elif a.dtype != dtype:
+                _fail(kern, arg, f"{dtype} like {first}", _desc(a))
+        return dtype
+
+    def _keep(self, kern: str, keep, rows: int, dtype):
+        """keep: None or (rows,) 0/1 of the float dtype. Returns (pointer argument, flag)."""
+        if keep is None:
+            return None, np.int32(0)
+        self._dev(kern, "keep", keep)
+        if keep.dtype != dtype or keep.shape != (rows,):
+            _fail(kern, "keep", f"None or a {dtype} array of shape ({rows},)", _desc(keep))
+        return keep, np.int32(1)
+
+    def _ids(self, kern: str, arg: str, ids, n: int):
+        """Integer ids of shape (n,). int32/int64 go to the kernel as they are; other
+        integer kinds are converted to int64 (one small copy: pass int32 or int64)."""
+        self._dev(kern, arg, ids)
+        if ids.dtype.kind not in "iu" or ids.shape != (n,):
+            _fail(kern, arg, f"an integer array of shape ({n},)", _desc(ids))
+        if ids.dtype not in _INT:
+            ids = ids.astype(self.xp.int64)
+        return ids
+
+    # ---------------------------------------------------------------------------------
+    # Pointwise kernels
+
+    def act_forward(self, a, h_prev, keep, act: str) -> None:
+        """Hidden activation in place: a <- f(a); masked rows take h_prev. (B, H) each."""
+        K = "act_forward"
+        dt = self._floats(K, a=a, h_prev=h_prev)
+        if a.ndim != 2:
+            _fail(K, "a", "a 2-D (B, H) array", _desc(a))
+        B, H = a.shape
+        _shape(K, "h_prev", h_prev, (B, H))
+        keep, has_keep = self._keep(K, keep, B, dt)
+        code = _act(K, act)
+        n = _count32(K, B * H)
+        if n == 0:
+            return
+        self._kernel("rnn_forward.cu", f"rnn_act_forward_{_FLOAT[dt]}")(
+            (_blocks(n, ELEM_BLOCK),), (ELEM_BLOCK,),
+            (a, h_prev, _keep_arg(keep, a), has_keep, n, np.int32(H), code))
+
+    def delta_step(self, carry, e, s, keep, dz, act: str) -> None:
+        """Fused delta update: dz = (carry + e) f'(s) keep; carry <- (carry + e)(1 - keep).
+
+        carry, e, s, dz: (B, H); dz may be the same array as e.
+        """
+        K = "delta_step"
+        dt = self._floats(K, carry=carry, e=e, s=s, dz=dz)
+        if carry.ndim != 2:
+            _fail(K, "carry", "a 2-D (B, H) array", _desc(carry))
+        B, H = carry.shape
+        for arg, x in (("e", e), ("s", s), ("dz", dz)):
+            _shape(K, arg, x, (B, H))
+        keep, has_keep = self._keep(K, keep, B, dt)
+        code = _act(K, act)
+        n = _count32(K, B * H)
+        if n == 0:
+            return
+        self._kernel("rnn_backward.cu", f"rnn_delta_step_{_FLOAT[dt]}")(
+            (_blocks(n, ELEM_BLOCK),), (ELEM_BLOCK,),
+            (carry, e, s, _keep_arg(keep, s), has_keep, dz, n, np.int32(H), code))
+
+    def trunc_delta_step(self, G, s, keep, dz_all, dz_sum, act: str) -> None:
+        """Truncated BPTT, all L streams: dz_all = G f'(s) keep, dz_sum = sum over streams.
+
+        G, dz_all: (L, B, H); s, dz_sum: (B, H). With a mask, G <- G (1 - keep).
+        """
+        K = "trunc_delta_step"
+        dt = self._floats(K, G=G, s=s, dz_all=dz_all, dz_sum=dz_sum)
+        if G.ndim != 3:
+            _fail(K, "G", "a 3-D (L, B, H) array", _desc(G))
+        L, B, H = G.shape
+        _shape(K, "s", s, (B, H))
+        _shape(K, "dz_all", dz_all, (L, B, H))
+        _shape(K, "dz_sum", dz_sum, (B, H))
+        keep, has_keep = self._keep(K, keep, B, dt)
+        code = _act(K, act)
+        n = _count32(K, B * H)
+        if n == 0:
+            return
+        self._kernel("rnn_backward.cu", f"rnn_trunc_delta_step_{_FLOAT[dt]}")(
+            (_blocks(n, ELEM_BLOCK),), (ELEM_BLOCK,),
+            (G, s, _keep_arg(keep, s), has_keep, dz_all, dz_sum, np.int32(L), n,
+             np.int32(H), code))
+
+    # ---------------------------------------------------------------------------------
+    # Losses: one block per row
+
+    def _loss_args(self, K: str, logits, keep, loss):
+        dt = self._floats(K, logits=logits, loss=loss)
+        if logits.ndim != 2:
+            _fail(K, "logits", "a 2-D (N, O) array", _desc(logits))
+        N, O = logits.shape
+        _shape(K, "loss", loss, (N,))
+        if O > _INT32_MAX:
+            _fail(K, "logits", "fewer than 2^31 columns", str(O))
+        keep, has_keep = self._keep(K, keep, N, dt)
+        return dt, N, O, keep, has_keep
+
+    def softmax_xent(self, logits, y, keep, loss) -> None:
+        """Softmax + cross-entropy in one kernel: logits (N, O) <- softmax - onehot(y)
+        (times keep), loss (N,) <- logsumexp - z_y (times keep). y: (N,) int ids (not
+        range-checked here: an id outside [0, O) gives a NaN loss)."""
+        K = "softmax_xent"
+        dt, N, O, keep, has_keep = self._loss_args(K, logits, keep, loss)
+        y = self._ids(K, "y", y, N)
+        if N == 0:
+            return
+        if O == 0:
+            _fail(K, "logits", "at least one column", _desc(logits))
+        self._kernel("rnn_xent.cu", f"rnn_softmax_xent_{_FLOAT[dt]}_{_INT[y.dtype]}")(
+            (N,), (XENT_BLOCK,),
+            (logits, y, _keep_arg(keep, loss), has_keep, loss, np.int32(O)))
+
+    def _dense_loss(self, K: str, name: str, logits, d, keep, loss) -> None:
+        dt, N, O, keep, has_keep = self._loss_args(K, logits, keep, loss)
+        self._floats(K, logits=logits, d=d)
+        _shape(K, "d", d, (N, O))
+        if N == 0:
+            return
+        self._kernel("rnn_xent.cu", f"{name}_{_FLOAT[dt]}")(
+            (N,), (XENT_BLOCK,),
+            (logits, d, _keep_arg(keep, loss), has_keep, loss, np.int32(O)))
+
+    def sigmoid_bce(self, logits, d, keep, loss) -> None:
+        """Sigmoid + binary cross-entropy: logits (N, O) <- sigmoid - d, loss (N,)."""
+        self._dense_loss("sigmoid_bce", "rnn_sigmoid_bce", logits, d, keep, loss)
+
+    def squared_error(self, logits, d, keep, loss) -> None:
+        """Linear + 1/2 squared error: logits (N, O) <- z - d, loss (N,), d (N, O)."""
+        self._dense_loss("squared_error", "rnn_squared_error", logits, d, keep, loss)
+
+    # ---------------------------------------------------------------------------------
+    # Token input and bias sums
+
+    def embed_gather(self, UT, ids, bias, out) -> None:
+        """out (N, H) = UT[ids] + bias; UT (I, H), ids (N,) int, bias (H,). Ids not checked."""
+        K = "embed_gather"
+        dt = self._floats(K, UT=UT, bias=bias, out=out)
+        if UT.ndim != 2 or out.ndim != 2:
+            _fail(K, "UT, out", "2-D (I, H) and (N, H) arrays", f"{_desc(UT)}, {_desc(out)}")
+        N, H = out.shape
+        if UT.shape[1] != H:
+            _fail(K, "UT", f"shape (I, {H})", _desc(UT))
+        _shape(K, "bias", bias, (H,))
+        ids = self._ids(K, "ids", ids, N)
+        n = N * H
+        if n == 0:
+            return
+        self._kernel("rnn_embed.cu", f"rnn_embed_gather_{_FLOAT[dt]}_{_INT[ids.dtype]}")(
+            (_blocks(n, ELEM_BLOCK),), (ELEM_BLOCK,),
+            (UT, ids, bias, out, np.int64(n), np.int32(H)))
+
+    def embed_scatter_add(self, dUT, ids, dz) -> None:
+        """dUT[ids[n]] += dz[n] with atomics (repeated ids add up; their order is not
+        fixed). dUT (I, H), ids (N,) int, dz (N, H)."""
+        K = "embed_scatter_add"
+        dt = self._floats(K, dUT=dUT, dz=dz)
+        if dUT.ndim != 2 or dz.ndim != 2:
+            _fail(K, "dUT, dz", "2-D (I, H) and (N, H) arrays", f"{_desc(dUT)}, {_desc(dz)}")
+        N, H = dz.shape
+        if dUT.shape[1] != H:
+            _fail(K, "dUT", f"shape (I, {H})", _desc(dUT))
+        ids = self._ids(K, "ids", ids, N)
+        n = N * H
+        if n == 0:
+            return
+        self._kernel("rnn_embed.cu", f"rnn_embed_scatter_add_{_FLOAT[dt]}_{_INT[ids.dtype]}")(
+            (_blocks(n, ELEM_BLOCK),), (ELEM_BLOCK,), (dUT, ids, dz, np.int64(n), np.int32(H)))
+
+    def bias_grad(self, dz, out) -> None:
+        """out (H,) = dz (N, H) summed over rows (fixed order: deterministic)."""
+        K = "bias_grad"
+        dt = self._floats(K, dz=dz, out=out)
+        if dz.ndim != 2:
+            _fail(K, "dz", "a 2-D (N, H) array", _desc(dz))
+        N, H = dz.shape
+        _shape(K, "out", out, (H,))
+        if N > _INT32_MAX or H > _INT32_MAX:
+            _fail(K, "dz", "fewer than 2^31 rows and columns", _desc(dz))
+        if H == 0:
+            return
+        self._kernel("rnn_embed.cu", f"rnn_bias_grad_{_FLOAT[dt]}")(
+            (-(-H // BIAS_COLS),), (BIAS_COLS, BIAS_ROWS), (dz, out, np.int32(N), np.int32(H)))
+
+    # ---------------------------------------------------------------------------------
+    # GEMM and the outer-product accumulation (tiled kernel, cuBLAS, per-shape choice)
+
+    def gemm(self, A, B, C, beta: float) -> None:
+        """C (m, n) <- A (m, k) @ B (k, n) + beta C, beta 0 or 1 (see CublasGemm.gemm)."""
+        self.blas.gemm(A, B, C, beta)
+
+    def _outer_args(self, K: str, dW, a, b):
+        dt = self._floats(K, dW=dW, a=a, b=b)
+        if a.ndim != 2 or b.ndim != 2 or dW.ndim != 2:
+            _fail(K, "dW, a, b", "2-D arrays", f"{_desc(dW)}, {_desc(a)}, {_desc(b)}")
+        N, M = a.shape
+        if b.shape[0] != N:
+            _fail(K, "b", f"shape ({N}, K) to match a's rows", _desc(b))
+        Kc = b.shape[1]
+        _shape(K, "dW", dW, (M, Kc))
+        if max(N, M, Kc) > _INT32_MAX:
+            _fail(K, "a, b", "dimensions below 2^31", f"{_desc(a)}, {_desc(b)}")
+        return dt, N, M, Kc
+
+    def outer_accum_tiled(self, dW, a, b, accumulate: bool) -> None:
+        """dW (M, K) (+)= a (N, M)^T b (N, K) with the shared-memory tiled kernel."""
+        dt, N, M, Kc = self._outer_args("outer_accum", dW, a, b)
+        if M == 0 or Kc == 0:
+            return
+        if not tiled_fits(M):
+            _fail("outer_accum", "a", f"at most {65535 * OUTER_TILE} columns", _desc(a))
+        grid = (-(-Kc // OUTER_TILE), -(-M // OUTER_TILE))
+        self._kernel("rnn_outer.cu", f"rnn_outer_accum_{_FLOAT[dt]}")(
+            grid, (OUTER_THREADS, OUTER_THREADS),
+            (dW, a, b, np.int32(N), np.int32(M), np.int32(Kc), np.int32(bool(accumulate))))
+
+    def outer_accum_cublas(self, dW, a, b, accumulate: bool) -> None:
+        """dW (M, K) (+)= a (N, M)^T b (N, K) with one cuBLAS GEMM (beta = 1 to add)."""
+        self._outer_args("outer_accum", dW, a, b)
+        self.blas.gemm(a.T, b, dW, 1.0 if accumulate else 0.0)
+
+    def outer_choice(self, N: int, M: int, K: int, dtype) -> str | None:
+        """The version chosen for a shape so far (None if it has not been timed)."""
+        return self.outer.get((N, M, K, np.dtype(dtype).char, self.blas.tf32))
+
+    def _time_outer(self, name: str, dW, a, b, reps: int = 3) -> float:
+        fn = getattr(self, f"outer_accum_{name}")
+        fn(dW, a, b, False)  # warm-up (compiles the kernel on first use)
+        cuda = self.xp.cuda
+        stream = cuda.get_current_stream()
+        times = []
+        for _ in range(reps):
+            start, stop = cuda.Event(), cuda.Event()
+            start.record(stream)
+            fn(dW, a, b, False)
+            stop.record(stream)
+            stop.synchronize()
+            times.append(cuda.get_elapsed_time(start, stop))
+        return sorted(times)[len(times) // 2]
+
+    def outer_accum(self, dW, a, b, accumulate: bool) -> None:
+        """dW (M, K) (+)= a (N, M)^T b (N, K): the tiled kernel or cuBLAS, whichever
+        measured faster for this shape (timed once per (N, M, K, dtype), then cached).
+        ``RNN_GPU_OUTER`` forces one. During a CUDA Graph capture an untimed shape uses
+        cuBLAS (no timing there)."""
+        dt, N, M, Kc = self._outer_args("outer_accum", dW, a, b)
+        forced = os.environ.get("RNN_GPU_OUTER", "").strip().lower()
+        if forced:
+            if forced not in OuterChoice.VERSIONS:
+                raise ValueError(f"RNN_GPU_OUTER: expected cublas or tiled, got {forced!r}")
+            getattr(self, f"outer_accum_{forced}")(dW, a, b, accumulate)
+            return
+        key = (N, M, Kc, dt.char, self.blas.tf32)
+        name = self.outer.get(key)
+        if name is None:
+            scratch = []  # made at the first timing only: dW itself may hold a sum to keep
+
+            def time_version(v):
+                if not scratch:
+                    scratch.append(self.xp.empty_like(dW))
+                return self._time_outer(v, scratch[0], a, b)
+
+            capturing = self.xp.cuda.get_current_stream().is_capturing()
+            name = self.outer.choose(key, M, capturing, time_version)
+        getattr(self, f"outer_accum_{name}")(dW, a, b, accumulate)

@@ -1,0 +1,280 @@
+"""The NumPy twins of the engine's kernels, and :class:`NumpyOps`, the kernel set of the
+NumPy backend.
+
+Each operation the engine hands to a kernel has a twin here with the same signature and
+in-place semantics as its CUDA version (:class:`rnn_gpu.cuda.launchers.CudaOps`); the
+CUDA tests compare the two on random inputs.
+
+Conventions: all arrays of one call share one float dtype (float32 or float64), are
+C-contiguous, and live on one backend; ``keep`` is a (B,) or (N,) 0/1 float array
+(1 = step is real, 0 = masked) or None; ``act`` is "tanh", "sigmoid" or "relu".
+Outputs are written in place into the arrays passed.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+# -------------------------------------------------------------------------------------
+# NumPy twins
+
+
+def act_forward(a, h_prev, keep, act: str) -> None:
+    """Hidden activation in place: a <- f(a); masked rows take h_prev.
+
+    a, h_prev: (B, H); a holds U x_t + b + W h_prev on entry, the new state on exit.
+    """
+    if act == "tanh":
+        np.tanh(a, out=a)
+    elif act == "sigmoid":  # 1/(1+e^-a) = (1 + tanh(a/2)) / 2, never overflows
+        a *= 0.5
+        np.tanh(a, out=a)
+        a += 1.0
+        a *= 0.5
+    elif act == "relu":
+        np.maximum(a, 0.0, out=a)
+    else:
+        raise ValueError(f"act: expected tanh, sigmoid or relu, got {act!r}")
+    if keep is not None:
+        np.copyto(a, h_prev, where=(keep == 0)[:, None])
+
+
+def _act_grad(s, act: str, out) -> None:
+    """out <- f'(a) written through s = f(a)."""
+    if act == "tanh":  # 1 - s^2
+        np.multiply(s, s, out=out)
+        np.subtract(1.0, out, out=out)
+    elif act == "sigmoid":  # s (1 - s)
+        np.subtract(1.0, s, out=out)
+        out *= s
+    elif act == "relu":
+        np.greater(s, 0, out=out)  # casts True/False to 1/0
+    else:
+        raise ValueError(f"act: expected tanh, sigmoid or relu, got {act!r}")
+
+
+def delta_step(carry, e, s, keep, dz, act: str) -> None:
+    """Fused recurrent delta update for one step (seed: delta = (W^T delta) * (1 - s^2)).
+
+    carry: (B, H) = W^T dz_{t+1} (the error flowing back from step t+1)
+    e:     (B, H) = V^T delta_o_t (the error from this step's output)
+    s:     (B, H) = s_t, the state this step produced
+    dz:    (B, H) out: dL/d(pre-activation) = (carry + e) * f'(s) * keep
+    carry is scratch: on exit it holds (carry + e) * (1 - keep), the part that passes
+    through masked steps unchanged, onto which the caller's GEMM adds W^T dz; without a
+    mask it holds carry + e, which the caller's GEMM overwrites.
+    """
+    carry += e
+    _act_grad(s, act, dz)
+    dz *= carry
+    if keep is not None:
+        dz *= keep[:, None]
+        carry *= (1.0 - keep)[:, None]
+
+
+def trunc_delta_step(G, s, keep, dz_all, dz_sum, act: str) -> None:
+    """Per-output truncated BPTT: one step for all live error streams at once.
+
+    G:      (L, B, H) streams, G[i] = dL_t/ds_j for the outputs t still within their window
+    s:      (B, H) = s_j
+    dz_all: (L, B, H) out: G * f'(s) * keep
+    dz_sum: (B, H) out: dz_all summed over streams (what step j contributes to dW, dU, db)
+    With a mask, G is overwritten with G * (1 - keep) (the pass-through part).
+    """
+    fp = dz_sum  # f'(s) goes in the output's storage until the sum overwrites it
+    _act_grad(s, act, fp)
+    if keep is not None:
+        fp *= keep[:, None]
+    np.multiply(G, fp, out=dz_all)
+    np.sum(dz_all, axis=0, out=dz_sum)
+    if keep is not None:
+        G *= (1.0 - keep)[:, None]
+
+
+def softmax_xent(logits, y, keep, loss) -> None:
+    """Softmax + cross-entropy, forward and backward in one pass per row.
+
+    logits: (N, O) in: z; out: dL/dz = softmax(z) - onehot(y), times keep
+    y: (N,) int ids; loss: (N,) out: logsumexp(z) - z_y, times keep
+    Large inputs are split by rows over the CPU's cores (NumPy releases the GIL).
+    """
+    _split_rows(_softmax_xent_rows, logits, y, keep, loss)
+
+
+def _softmax_xent_rows(logits, y, keep, loss) -> None:
+    rows = np.arange(logits.shape[0])
+    zmax = logits.max(axis=1)
+    zy = logits[rows, y] - zmax
+    logits -= zmax[:, None]
+    np.exp(logits, out=logits)
+    ssum = logits.sum(axis=1)
+    np.subtract(np.log(ssum), zy, out=loss)
+    logits *= (1.0 / ssum)[:, None]
+    logits[rows, y] -= 1.0
+    if keep is not None:
+        loss *= keep
+        logits *= keep[:, None]
+
+
+_POOL = None
+_PARALLEL_MIN = 1 << 20  # elements; below this a thread hand-off costs more than it saves
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _split_rows(fn, a, *rest) -> None:
+    """Run fn(a, *rest) over row ranges in parallel threads when `a` is large.
+
+    Every argument that is an array with a.shape[0] rows is sliced alike; None passes.
+    """
+    global _POOL
+    n = a.shape[0]
+    parts = min(_cores(), n)
+    if a.size < _PARALLEL_MIN or parts < 2:
+        fn(a, *rest)
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="rnn_gpu")
+    cuts = [n * i // parts for i in range(parts + 1)]
+    sl = lambda v, i: v[cuts[i]:cuts[i + 1]] if v is not None else None  # noqa: E731
+    futures = [_POOL.submit(fn, sl(a, i), *(sl(v, i) for v in rest)) for i in range(1, parts)]
+    fn(sl(a, 0), *(sl(v, 0) for v in rest))
+    for f in futures:
+        f.result()
+
+
+def sigmoid_bce(logits, d, keep, loss) -> None:
+    """Sigmoid + binary cross-entropy (seed 002 eq. 16), in one pass per row.
+
+    logits: (N, O) in: z; out: sigmoid(z) - d, times keep; d: (N, O) in [0, 1]
+    loss: (N,) out: sum_k d softplus(-z) + (1 - d) softplus(z) = softplus(z) - d z
+    """
+    _split_rows(_sigmoid_bce_rows, logits, d, keep, loss)
+
+
+def _sigmoid_bce_rows(logits, d, keep, loss) -> None:
+    # softplus(z) = max(z, 0) + log1p(exp(-|z|)): exact and never overflows
+    t = np.abs(logits)
+    np.negative(t, out=t)
+    np.exp(t, out=t)
+    np.log1p(t, out=t)
+    t += np.maximum(logits, 0.0)
+    t -= d * logits
+    np.sum(t, axis=1, out=loss)
+    np.multiply(logits, 0.5, out=logits)  # sigmoid(z) = (1 + tanh(z/2)) / 2
+    np.tanh(logits, out=logits)
+    logits += 1.0
+    logits *= 0.5
+    logits -= d
+    if keep is not None:
+        loss *= keep
+        logits *= keep[:, None]
+
+
+def squared_error(logits, d, keep, loss) -> None:
+    """Linear output + squared error 1/2 sum_k (z - d)^2 (seeds 000, 002).
+
+    logits: (N, O) in: z; out: z - d, times keep; loss: (N,) out
+    """
+    logits -= d
+    np.einsum("nk,nk->n", logits, logits, out=loss)
+    loss *= 0.5
+    if keep is not None:
+        loss *= keep
+        logits *= keep[:, None]
+
+
+def outer_accum(dW, a, b, accumulate: bool) -> None:
+    """Sum of outer products over rows: dW (+)= a^T b, a (N, M), b (N, K), dW (M, K).
+
+    dW = sum_t delta_t s_{t-1}^T and dV = sum_t delta_o_t s_t^T, with all T*B rows at once.
+    """
+    if accumulate:
+        dW += a.T @ b
+    else:
+        np.matmul(a.T, b, out=dW)
+
+
+def embed_gather(UT, ids, bias, out) -> None:
+    """Token input: out[n] = UT[ids[n]] + bias (a column gather of U; no one-hot).
+
+    UT: (I, H) the transpose of U; ids: (N,) int; bias: (H,); out: (N, H)
+    """
+    np.take(UT, ids, axis=0, out=out)
+    out += bias
+
+
+def embed_scatter_add(dUT, ids, dz) -> None:
+    """Token input backward: dUT[ids[n]] += dz[n]; repeated ids add up.
+
+    dUT: (I, H) the transpose of dU; ids: (N,) int; dz: (N, H)
+    """
+    n = ids.shape[0]
+    if n == 0:
+        return
+    order = np.argsort(ids, kind="stable")
+    sid = ids[order]
+    starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
+    if 2 * len(starts) > n:  # mostly distinct ids: one flat scatter-add over all elements
+        H = dz.shape[1]
+        flat = (ids[:, None] * H + np.arange(H)).reshape(-1)
+        np.add.at(dUT.reshape(-1), flat, dz.reshape(-1))
+        return
+    # many repeats: sum each id's rows as one contiguous block after a stable sort
+    d = dz[order]
+    bounds = np.append(starts, n)
+    for i in range(len(starts)):
+        dUT[sid[starts[i]]] += d[bounds[i]:bounds[i + 1]].sum(axis=0)
+
+
+def bias_grad(dz, out) -> None:
+    """out (H,) = dz (N, H) summed over rows."""
+    np.sum(dz, axis=0, out=out)
+
+
+# -------------------------------------------------------------------------------------
+# GEMM
+
+
+class NumpyOps:
+    """The kernel set of the NumPy backend: the twins above, and a GEMM with the CUDA
+    side's contract (``C <- A @ B + beta C``, no allocation on the hot path)."""
+
+    name = "numpy"
+    act_forward = staticmethod(act_forward)
+    delta_step = staticmethod(delta_step)
+    trunc_delta_step = staticmethod(trunc_delta_step)
+    softmax_xent = staticmethod(softmax_xent)
+    sigmoid_bce = staticmethod(sigmoid_bce)
+    squared_error = staticmethod(squared_error)
+    outer_accum = staticmethod(outer_accum)
+    embed_gather = staticmethod(embed_gather)
+    embed_scatter_add = staticmethod(embed_scatter_add)
+    bias_grad = staticmethod(bias_grad)
+
+    def __init__(self):
+        self._scratch: dict[tuple, np.ndarray] = {}
+
+    def gemm(self, A, B, C, beta: float) -> None:
+        """C (m, n) <- A (m, k) @ B (k, n) + beta C, beta 0 or 1 (A, B may be transposed
+        views). With beta = 1 the product goes through a scratch buffer kept per shape."""
+        if not beta:
+            np.matmul(A, B, out=C)
+            return
+        key = (C.shape, C.dtype.char)
+        tmp = self._scratch.get(key)
+        if tmp is None:
+            tmp = self._scratch[key] = np.empty(C.shape, C.dtype)
+        np.matmul(A, B, out=tmp)
+        C += tmp
+
+    def __repr__(self) -> str:
+        return "NumpyOps()"

@@ -1,0 +1,50 @@
+"""The :class:`Ops` protocol: what the engine asks of a backend's kernel set.
+
+Two kernel sets implement it: :class:`rnn_gpu.ops.numpy_ops.NumpyOps` (the NumPy twins)
+and :class:`rnn_gpu.cuda.launchers.CudaOps` (the CUDA kernels and cuBLAS). Shapes:
+B streams, H hidden units, N = T*B rows, O outputs, L live error streams; see the twins
+for each operation's exact in-place semantics.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Ops(Protocol):
+    """A kernel set. Every method writes its outputs in place and returns None."""
+
+    name: str  # "numpy" or "cuda"
+
+    def gemm(self, A: Any, B: Any, C: Any, beta: float) -> None:
+        """C (m, n) <- A (m, k) @ B (k, n) + beta C, beta 0 or 1."""
+
+    def act_forward(self, a: Any, h_prev: Any, keep: Any, act: str) -> None:
+        """a (B, H) <- f(a); masked rows take h_prev (B, H)."""
+
+    def delta_step(self, carry: Any, e: Any, s: Any, keep: Any, dz: Any, act: str) -> None:
+        """dz (B, H) = (carry + e) f'(s) keep; carry <- (carry + e)(1 - keep)."""
+
+    def trunc_delta_step(self, G: Any, s: Any, keep: Any, dz_all: Any, dz_sum: Any,
+                         act: str) -> None:
+        """dz_all (L, B, H) = G f'(s) keep; dz_sum (B, H) = its sum over streams."""
+
+    def softmax_xent(self, logits: Any, y: Any, keep: Any, loss: Any) -> None:
+        """logits (N, O) <- softmax - onehot(y); loss (N,) <- logsumexp - z_y."""
+
+    def sigmoid_bce(self, logits: Any, d: Any, keep: Any, loss: Any) -> None:
+        """logits (N, O) <- sigmoid - d; loss (N,) the binary cross-entropy."""
+
+    def squared_error(self, logits: Any, d: Any, keep: Any, loss: Any) -> None:
+        """logits (N, O) <- z - d; loss (N,) = 1/2 sum (z - d)^2."""
+
+    def outer_accum(self, dW: Any, a: Any, b: Any, accumulate: bool) -> None:
+        """dW (M, K) (+)= a (N, M)^T b (N, K)."""
+
+    def embed_gather(self, UT: Any, ids: Any, bias: Any, out: Any) -> None:
+        """out (N, H) = UT[ids] + bias."""
+
+    def embed_scatter_add(self, dUT: Any, ids: Any, dz: Any) -> None:
+        """dUT[ids[n]] += dz[n]."""
+
+    def bias_grad(self, dz: Any, out: Any) -> None:
+        """out (H,) = dz (N, H) summed over rows."""

@@ -1,0 +1,177 @@
+"""The kernel registry: one entry per kernel of the engine, every version of it, how to
+make test data for it and what one call costs. Tests, ``rnn-gpu bench`` and the docs
+iterate :data:`REGISTRY`; the CUDA versions are named (methods of
+:class:`rnn_gpu.cuda.launchers.CudaOps`), not imported, so reading the registry never
+touches CuPy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .numpy_ops import (act_forward, bias_grad, delta_step, embed_gather, embed_scatter_add,
+                        outer_accum, sigmoid_bce, softmax_xent, squared_error,
+                        trunc_delta_step)
+
+
+@dataclass
+class KernelSpec:
+    """One kernel: its NumPy twin, its versions per backend, and its cost model.
+
+    make_args(xp, rng, size, dtype) -> tuple of arguments for the kernel (host RNG);
+    outputs(args) -> indices of the arguments it writes (compared against the twin);
+    flops(size) and nbytes(size) -> the work one call does (for GFLOP/s and GB/s).
+    """
+
+    name: str
+    source: str | None  # CUDA file in kernels/, None for a pure-library operation
+    twin: Callable[..., Any]
+    make_args: Callable[..., tuple]
+    outputs: tuple[int, ...]
+    flops: Callable[[dict], float]
+    nbytes: Callable[[dict], float]
+    sizes: dict[str, dict]  # "quick" and "full" problem sizes
+    cuda_versions: dict[str, str]  # version name -> the method of CudaOps that runs it
+    doc: str = ""
+
+    def versions(self, ops) -> dict[str, Callable[..., Any]]:
+        """This kernel's versions in the kernel set `ops` (a backend's ``.ops``): the
+        twin for NumPy, every CUDA version (bound launchers) for a CUDA kernel set."""
+        if getattr(ops, "name", None) == "numpy":
+            return {"numpy": self.twin}
+        return {v: getattr(ops, method) for v, method in self.cuda_versions.items()}
+
+
+def _rand(xp, rng, shape, dtype, lo=-1.0, hi=1.0):
+    return xp.asarray(rng.uniform(lo, hi, size=shape).astype(dtype))
+
+
+def _keep(xp, rng, n, dtype):
+    return xp.asarray((rng.random(n) > 0.25).astype(dtype))
+
+
+def _mk_act_forward(xp, rng, sz, dtype, act="tanh"):
+    B, H = sz["B"], sz["H"]
+    return (_rand(xp, rng, (B, H), dtype, -3, 3), _rand(xp, rng, (B, H), dtype),
+            _keep(xp, rng, B, dtype), act)
+
+
+def _mk_delta_step(xp, rng, sz, dtype, act="tanh"):
+    B, H = sz["B"], sz["H"]
+    return (_rand(xp, rng, (B, H), dtype), _rand(xp, rng, (B, H), dtype),
+            _rand(xp, rng, (B, H), dtype, -0.99, 0.99), _keep(xp, rng, B, dtype),
+            xp.empty((B, H), dtype=dtype), act)
+
+
+def _mk_trunc(xp, rng, sz, dtype, act="tanh"):
+    L, B, H = sz["L"], sz["B"], sz["H"]
+    return (_rand(xp, rng, (L, B, H), dtype), _rand(xp, rng, (B, H), dtype, -0.99, 0.99),
+            _keep(xp, rng, B, dtype), xp.empty((L, B, H), dtype=dtype),
+            xp.empty((B, H), dtype=dtype), act)
+
+
+def _mk_xent(xp, rng, sz, dtype):
+    N, O = sz["N"], sz["O"]
+    return (_rand(xp, rng, (N, O), dtype, -8, 8), xp.asarray(rng.integers(0, O, N)),
+            _keep(xp, rng, N, dtype), xp.empty(N, dtype=dtype))
+
+
+def _mk_dense_target(xp, rng, sz, dtype):
+    N, O = sz["N"], sz["O"]
+    return (_rand(xp, rng, (N, O), dtype, -8, 8), _rand(xp, rng, (N, O), dtype, 0, 1),
+            _keep(xp, rng, N, dtype), xp.empty(N, dtype=dtype))
+
+
+def _mk_outer(xp, rng, sz, dtype):
+    N, M, K = sz["N"], sz["M"], sz["K"]
+    return (xp.empty((M, K), dtype=dtype), _rand(xp, rng, (N, M), dtype),
+            _rand(xp, rng, (N, K), dtype), False)
+
+
+def _mk_gather(xp, rng, sz, dtype):
+    N, I, H = sz["N"], sz["I"], sz["H"]
+    return (_rand(xp, rng, (I, H), dtype), xp.asarray(rng.integers(0, I, N)),
+            _rand(xp, rng, (H,), dtype), xp.empty((N, H), dtype=dtype))
+
+
+def _mk_scatter(xp, rng, sz, dtype):
+    N, I, H = sz["N"], sz["I"], sz["H"]
+    return (_rand(xp, rng, (I, H), dtype), xp.asarray(rng.integers(0, I, N)),
+            _rand(xp, rng, (N, H), dtype))
+
+
+def _mk_bias(xp, rng, sz, dtype):
+    N, H = sz["N"], sz["H"]
+    return (_rand(xp, rng, (N, H), dtype), xp.empty((H,), dtype=dtype))
+
+
+# Sizes are deliberately not multiples of any block size.
+_BH = {"quick": {"B": 33, "H": 257}, "full": {"B": 64, "H": 1024}}
+_NO = {"quick": {"N": 301, "O": 1000}, "full": {"N": 3200, "O": 10000}}
+_F = 4  # bytes per float32 element; the cost model counts float32
+
+_FUSED = lambda name: {"fused": name}  # noqa: E731 - one CUDA version, same name
+REGISTRY: dict[str, KernelSpec] = {}
+
+
+def _register(spec: KernelSpec) -> None:
+    REGISTRY[spec.name] = spec
+
+
+_register(KernelSpec(
+    "act_forward", "rnn_forward.cu", act_forward, _mk_act_forward, (0,),
+    flops=lambda z: 0.0, nbytes=lambda z: 3 * z["B"] * z["H"] * _F, sizes=_BH,
+    cuda_versions=_FUSED("act_forward"),
+    doc="hidden activation in place after the recurrent GEMM, with the mask"))
+_register(KernelSpec(
+    "delta_step", "rnn_backward.cu", delta_step, _mk_delta_step, (0, 4),
+    flops=lambda z: 0.0, nbytes=lambda z: 5 * z["B"] * z["H"] * _F, sizes=_BH,
+    cuda_versions=_FUSED("delta_step"),
+    doc="adds the output error and applies f'(s) and the mask: the seed's delta update"))
+_register(KernelSpec(
+    "trunc_delta_step", "rnn_backward.cu", trunc_delta_step, _mk_trunc, (0, 3, 4),
+    flops=lambda z: 0.0,
+    nbytes=lambda z: (3 * z["L"] + 2) * z["B"] * z["H"] * _F,
+    sizes={"quick": {"L": 5, "B": 33, "H": 257}, "full": {"L": 8, "B": 64, "H": 1024}},
+    cuda_versions=_FUSED("trunc_delta_step"),
+    doc="per-output truncated BPTT: every live error stream of a step at once"))
+_register(KernelSpec(
+    "softmax_xent", "rnn_xent.cu", softmax_xent, _mk_xent, (0, 3),
+    flops=lambda z: 0.0, nbytes=lambda z: 2 * z["N"] * z["O"] * _F, sizes=_NO,
+    cuda_versions=_FUSED("softmax_xent"),
+    doc="max, log-sum-exp, loss and softmax - onehot in place, one pass per row"))
+_register(KernelSpec(
+    "sigmoid_bce", "rnn_xent.cu", sigmoid_bce, _mk_dense_target, (0, 3),
+    flops=lambda z: 0.0, nbytes=lambda z: 3 * z["N"] * z["O"] * _F, sizes=_NO,
+    cuda_versions=_FUSED("sigmoid_bce"),
+    doc="sigmoid + binary cross-entropy loss and error in place"))
+_register(KernelSpec(
+    "squared_error", "rnn_xent.cu", squared_error, _mk_dense_target, (0, 3),
+    flops=lambda z: 0.0, nbytes=lambda z: 3 * z["N"] * z["O"] * _F, sizes=_NO,
+    cuda_versions=_FUSED("squared_error"),
+    doc="linear output + squared error loss and error in place"))
+_register(KernelSpec(
+    "outer_accum", "rnn_outer.cu", outer_accum, _mk_outer, (0,),
+    flops=lambda z: 2.0 * z["N"] * z["M"] * z["K"],
+    nbytes=lambda z: (z["N"] * (z["M"] + z["K"]) + z["M"] * z["K"]) * _F,
+    sizes={"quick": {"N": 333, "M": 257, "K": 129}, "full": {"N": 3200, "M": 1024, "K": 1024}},
+    cuda_versions={"cublas": "outer_accum_cublas", "tiled": "outer_accum_tiled"},
+    doc="dW = sum_t delta_t s_{t-1}^T over all T*B rows (tiled kernel or cuBLAS)"))
+_register(KernelSpec(
+    "embed_gather", "rnn_embed.cu", embed_gather, _mk_gather, (3,),
+    flops=lambda z: 0.0, nbytes=lambda z: 2 * z["N"] * z["H"] * _F,
+    sizes={"quick": {"N": 301, "I": 65, "H": 257}, "full": {"N": 3200, "I": 10000, "H": 1024}},
+    cuda_versions=_FUSED("embed_gather"),
+    doc="token input: gather rows of U^T plus the bias"))
+_register(KernelSpec(
+    "embed_scatter_add", "rnn_embed.cu", embed_scatter_add, _mk_scatter, (0,),
+    flops=lambda z: z["N"] * z["H"], nbytes=lambda z: 3 * z["N"] * z["H"] * _F,
+    sizes={"quick": {"N": 301, "I": 65, "H": 257}, "full": {"N": 3200, "I": 10000, "H": 1024}},
+    cuda_versions={"atomic": "embed_scatter_add"},
+    doc="token input backward: scatter-add rows into dU^T (atomics on the GPU)"))
+_register(KernelSpec(
+    "bias_grad", "rnn_embed.cu", bias_grad, _mk_bias, (1,),
+    flops=lambda z: z["N"] * z["H"], nbytes=lambda z: z["N"] * z["H"] * _F,
+    sizes={"quick": {"N": 301, "H": 257}, "full": {"N": 3200, "H": 1024}},
+    cuda_versions={"colsum": "bias_grad"},
+    doc="bias gradient: column sums of the errors"))
