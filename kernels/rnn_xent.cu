@@ -19,6 +19,8 @@
 //
 // NumPy twins: rnn_gpu.kernels.softmax_xent, sigmoid_bce, squared_error.
 
+#include "rnn_common.cuh"
+
 #ifndef XENT_BLOCK
 #define XENT_BLOCK 256  // threads per row; a multiple of 32, at most 1024
 #endif
@@ -26,25 +28,6 @@
 #if (XENT_BLOCK % 32) != 0 || XENT_BLOCK > 1024 || XENT_BLOCK < 32
 #error "XENT_BLOCK must be a multiple of 32 in [32, 1024]"
 #endif
-
-__device__ __forceinline__ float rnn_exp(float x) { return expf(x); }
-__device__ __forceinline__ double rnn_exp(double x) { return exp(x); }
-__device__ __forceinline__ float rnn_log(float x) { return logf(x); }
-__device__ __forceinline__ double rnn_log(double x) { return log(x); }
-__device__ __forceinline__ float rnn_log1p(float x) { return log1pf(x); }
-__device__ __forceinline__ double rnn_log1p(double x) { return log1p(x); }
-__device__ __forceinline__ float rnn_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double rnn_tanh(double x) { return tanh(x); }
-__device__ __forceinline__ float rnn_fmax(float x, float y) { return fmaxf(x, y); }
-__device__ __forceinline__ double rnn_fmax(double x, double y) { return fmax(x, y); }
-__device__ __forceinline__ float rnn_neg_inf(float) { return -__int_as_float(0x7f800000); }
-__device__ __forceinline__ double rnn_neg_inf(double) {
-    return -__longlong_as_double(0x7ff0000000000000LL);
-}
-__device__ __forceinline__ float rnn_nan(float) { return __int_as_float(0x7fc00000); }
-__device__ __forceinline__ double rnn_nan(double) {
-    return __longlong_as_double(0x7ff8000000000000LL);
-}
 
 struct SumOp {
     template <typename T> __device__ __forceinline__ T operator()(T x, T y) const { return x + y; }
@@ -138,7 +121,7 @@ __device__ void sigmoid_bce(T* logits, const T* d, const T* keep, int has_keep, 
     for (int j = threadIdx.x; j < O; j += XENT_BLOCK) {
         const T zj = z[j], dj = dr[j];
         acc += rnn_softplus(zj) - dj * zj;
-        z[j] = T(0.5) * (T(1) + rnn_tanh(T(0.5) * zj)) - dj;  // sigmoid(z) - d
+        z[j] = rnn_sigmoid(zj) - dj;
     }
     acc = block_reduce(acc, shm, SumOp(), T(0));
     if (threadIdx.x == 0) loss[row] = acc;
