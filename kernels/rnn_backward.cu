@@ -14,35 +14,19 @@
 //       so f'(s) and keep are read once and the stream sum needs no second pass.
 //
 // Layout: carry, e, s, dz (B, H); G, dz_all (L, B, H); keep (B,) 0/1, unused when
-// has_keep == 0. NumPy twins: rnn_gpu.kernels.delta_step, trunc_delta_step.
+// has_keep == 0; n = B*H < 2^31 (the launchers check). NumPy twins:
+// rnn_gpu.kernels.delta_step, trunc_delta_step.
+
+#include "rnn_common.cuh"
 
 #ifndef ELEM_BLOCK
 #define ELEM_BLOCK 256  // threads per block; the launcher passes the same value
 #endif
 
-#define RNN_ACT_TANH 0
-#define RNN_ACT_SIGMOID 1
-#define RNN_ACT_RELU 2
-
-// Round-to-nearest products: the twin computes s*s (or (1-s)*s) and then the rest; keeping
-// the compiler from contracting into an FMA makes f'(s) bit-equal to NumPy's.
-__device__ __forceinline__ float rnn_mul(float x, float y) { return __fmul_rn(x, y); }
-__device__ __forceinline__ double rnn_mul(double x, double y) { return __dmul_rn(x, y); }
-
-template <typename T>
-__device__ __forceinline__ T rnn_act_grad(T s, int act) {
-    if (act == RNN_ACT_TANH) return T(1) - rnn_mul(s, s);
-    if (act == RNN_ACT_SIGMOID) return rnn_mul(T(1) - s, s);
-    return s > T(0) ? T(1) : T(0);  // relu
-}
-
 template <typename T>
 __device__ void delta_step(T* carry, const T* e, const T* s, const T* keep, int has_keep,
                            T* dz, int n, int H, int act) {
-    // 32-bit unsigned indices (n < 2^31, checked by the launcher): i + stride cannot wrap,
-    // and i / H is a cheap 32-bit division.
-    const unsigned stride = gridDim.x * blockDim.x;
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)n; i += stride) {
+    RNN_GRID_STRIDE_LOOP(unsigned, i, n) {
         T c = carry[i] + e[i];  // e is read before dz is written: they may alias
         T d = rnn_mul(rnn_act_grad(s[i], act), c);
         if (has_keep) {
@@ -58,10 +42,7 @@ __device__ void delta_step(T* carry, const T* e, const T* s, const T* keep, int 
 template <typename T>
 __device__ void trunc_delta_step(T* G, const T* s, const T* keep, int has_keep, T* dz_all,
                                  T* dz_sum, int L, int n, int H, int act) {
-    // 32-bit unsigned indices (n < 2^31, checked by the launcher): i + stride cannot wrap,
-    // and i / H is a cheap 32-bit division.
-    const unsigned stride = gridDim.x * blockDim.x;
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)n; i += stride) {
+    RNN_GRID_STRIDE_LOOP(unsigned, i, n) {
         T fp = rnn_act_grad(s[i], act);
         const T k = has_keep ? keep[i / H] : T(1);
         if (has_keep) fp = rnn_mul(fp, k);

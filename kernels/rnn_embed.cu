@@ -15,6 +15,8 @@
 //
 // NumPy twins: rnn_gpu.kernels.embed_gather, embed_scatter_add, bias_grad.
 
+#include "rnn_common.cuh"
+
 #ifndef ELEM_BLOCK
 #define ELEM_BLOCK 256  // threads per block for gather and scatter
 #endif
@@ -28,8 +30,7 @@
 template <typename T, typename I>
 __device__ void embed_gather(const T* UT, const I* ids, const T* bias, T* out, long long n,
                              int H) {
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    RNN_GRID_STRIDE_LOOP(long long, i, n) {
         const long long row = i / H;
         const int h = (int)(i - row * H);
         out[i] = UT[(long long)ids[row] * H + h] + bias[h];
@@ -38,8 +39,7 @@ __device__ void embed_gather(const T* UT, const I* ids, const T* bias, T* out, l
 
 template <typename T, typename I>
 __device__ void embed_scatter_add(T* dUT, const I* ids, const T* dz, long long n, int H) {
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    RNN_GRID_STRIDE_LOOP(long long, i, n) {
         const long long row = i / H;
         const int h = (int)(i - row * H);
         atomicAdd(dUT + ((long long)ids[row] * H + h), dz[i]);

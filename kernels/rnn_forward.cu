@@ -6,35 +6,20 @@
 //       h_prev instead. Fuses the activation with the mask select; it runs right after
 //       the recurrent GEMM, which cuBLAS accumulates (beta = 1) onto U x_t + b.
 //
-// Layout: a, h_prev (B, H) row-major; keep (B,) 0/1 or unused when has_keep == 0.
-// NumPy twin: rnn_gpu.kernels.act_forward. Compiles on its own (nvcc -ptx) and with NVRTC.
+// Layout: a, h_prev (B, H) row-major; keep (B,) 0/1 or unused when has_keep == 0;
+// n = B*H < 2^31 (the launcher checks). NumPy twin: rnn_gpu.kernels.act_forward.
+// Compiles on its own (nvcc -ptx -Ikernels) and with NVRTC.
+
+#include "rnn_common.cuh"
 
 #ifndef ELEM_BLOCK
 #define ELEM_BLOCK 256  // threads per block; the launcher passes the same value
 #endif
 
-#define RNN_ACT_TANH 0
-#define RNN_ACT_SIGMOID 1
-#define RNN_ACT_RELU 2
-
-__device__ __forceinline__ float rnn_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double rnn_tanh(double x) { return tanh(x); }
-
-// The same formulas as the twin: sigmoid as (1 + tanh(a/2)) / 2 never overflows.
-template <typename T>
-__device__ __forceinline__ T rnn_act(T a, int act) {
-    if (act == RNN_ACT_TANH) return rnn_tanh(a);
-    if (act == RNN_ACT_SIGMOID) return T(0.5) * (T(1) + rnn_tanh(T(0.5) * a));
-    return a > T(0) ? a : T(0);  // relu
-}
-
 template <typename T>
 __device__ void act_forward(T* a, const T* h_prev, const T* keep, int has_keep,
                             int n, int H, int act) {
-    // 32-bit unsigned indices (n < 2^31, checked by the launcher): i + stride cannot wrap,
-    // and i / H is a cheap 32-bit division.
-    const unsigned stride = gridDim.x * blockDim.x;
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)n; i += stride) {
+    RNN_GRID_STRIDE_LOOP(unsigned, i, n) {
         if (has_keep && keep[i / H] == T(0)) {
             a[i] = h_prev[i];
         } else {

@@ -19,6 +19,8 @@
 //
 // NumPy twins: rnn_gpu.kernels.softmax_xent, sigmoid_bce, squared_error.
 
+#include "rnn_common.cuh"
+
 #ifndef XENT_BLOCK
 #define XENT_BLOCK 256  // threads per row; a multiple of 32, at most 1024
 #endif
@@ -26,25 +28,6 @@
 #if (XENT_BLOCK % 32) != 0 || XENT_BLOCK > 1024 || XENT_BLOCK < 32
 #error "XENT_BLOCK must be a multiple of 32 in [32, 1024]"
 #endif
-
-__device__ __forceinline__ float rnn_exp(float x) { return expf(x); }
-__device__ __forceinline__ double rnn_exp(double x) { return exp(x); }
-__device__ __forceinline__ float rnn_log(float x) { return logf(x); }
-__device__ __forceinline__ double rnn_log(double x) { return log(x); }
-__device__ __forceinline__ float rnn_log1p(float x) { return log1pf(x); }
-__device__ __forceinline__ double rnn_log1p(double x) { return log1p(x); }
-__device__ __forceinline__ float rnn_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double rnn_tanh(double x) { return tanh(x); }
-__device__ __forceinline__ float rnn_fmax(float x, float y) { return fmaxf(x, y); }
-__device__ __forceinline__ double rnn_fmax(double x, double y) { return fmax(x, y); }
-__device__ __forceinline__ float rnn_neg_inf(float) { return -__int_as_float(0x7f800000); }
-__device__ __forceinline__ double rnn_neg_inf(double) {
-    return -__longlong_as_double(0x7ff0000000000000LL);
-}
-__device__ __forceinline__ float rnn_nan(float) { return __int_as_float(0x7fc00000); }
-__device__ __forceinline__ double rnn_nan(double) {
-    return __longlong_as_double(0x7ff8000000000000LL);
-}
 
 struct SumOp {
     template <typename T> __device__ __forceinline__ T operator()(T x, T y) const { return x + y; }
@@ -79,22 +62,32 @@ __device__ T block_reduce(T v, T* shm, Op op, T identity) {
     return shm[0];
 }
 
+// A row whose keep is 0 gets loss 0 and error 0 without being read; returns whether the
+// row was one. The test is uniform over the block, so the whole block returns and no
+// reduction runs.
+template <typename T>
+__device__ __forceinline__ bool masked_row(T* z, const T* keep, int has_keep, T* loss,
+                                           long long row, int O) {
+    if (has_keep && keep[row] == T(0)) {
+        for (int j = threadIdx.x; j < O; j += XENT_BLOCK) z[j] = T(0);
+        if (threadIdx.x == 0) loss[row] = T(0);
+        return true;
+    }
+    return false;
+}
+
 template <typename T, typename I>
 __device__ void softmax_xent(T* logits, const I* y, const T* keep, int has_keep, T* loss,
                              int O) {
-    __shared__ T shm[32];
     const long long row = blockIdx.x;
     T* z = logits + row * (long long)O;
-    if (has_keep && keep[row] == T(0)) {  // uniform over the block: no reduction runs
-        for (int j = threadIdx.x; j < O; j += XENT_BLOCK) z[j] = T(0);
-        if (threadIdx.x == 0) loss[row] = T(0);
-        return;
-    }
+    if (masked_row(z, keep, has_keep, loss, row, O)) return;
     const long long yi = (long long)y[row];
     const bool y_ok = yi >= 0 && yi < O;
     // Read z_y before any thread overwrites the row (the write pass follows two barriers).
     const T zy = (threadIdx.x == 0 && y_ok) ? z[yi] : T(0);
 
+    __shared__ T shm[32];  // block_reduce's word per warp
     T m = rnn_neg_inf(T(0));
     for (int j = threadIdx.x; j < O; j += XENT_BLOCK) m = rnn_fmax(m, z[j]);
     m = block_reduce(m, shm, MaxOp(), rnn_neg_inf(T(0)));
@@ -122,48 +115,32 @@ __device__ __forceinline__ T rnn_softplus(T z) {
     return z > T(0) ? z + rnn_log1p(rnn_exp(-z)) : rnn_log1p(rnn_exp(z));
 }
 
-template <typename T>
-__device__ void sigmoid_bce(T* logits, const T* d, const T* keep, int has_keep, T* loss,
-                            int O) {
-    __shared__ T shm[32];
+// The losses of one pass over the row: the sum of a term per entry, each z turned into
+// dL/dz as it is read.
+enum OnePassLoss { SIGMOID_BCE, SQUARED_ERROR };
+
+template <typename T, OnePassLoss LOSS>
+__device__ void one_pass_loss(T* logits, const T* d, const T* keep, int has_keep, T* loss,
+                              int O) {
     const long long row = blockIdx.x;
     T* z = logits + row * (long long)O;
     const T* dr = d + row * (long long)O;
-    if (has_keep && keep[row] == T(0)) {
-        for (int j = threadIdx.x; j < O; j += XENT_BLOCK) z[j] = T(0);
-        if (threadIdx.x == 0) loss[row] = T(0);
-        return;
-    }
+    if (masked_row(z, keep, has_keep, loss, row, O)) return;
     T acc = T(0);
     for (int j = threadIdx.x; j < O; j += XENT_BLOCK) {
         const T zj = z[j], dj = dr[j];
-        acc += rnn_softplus(zj) - dj * zj;
-        z[j] = T(0.5) * (T(1) + rnn_tanh(T(0.5) * zj)) - dj;  // sigmoid(z) - d
+        if (LOSS == SIGMOID_BCE) {
+            acc += rnn_softplus(zj) - dj * zj;
+            z[j] = rnn_sigmoid(zj) - dj;
+        } else {
+            const T r = zj - dj;
+            z[j] = r;
+            acc += r * r;
+        }
     }
+    __shared__ T shm[32];  // block_reduce's word per warp
     acc = block_reduce(acc, shm, SumOp(), T(0));
-    if (threadIdx.x == 0) loss[row] = acc;
-}
-
-template <typename T>
-__device__ void squared_error(T* logits, const T* d, const T* keep, int has_keep, T* loss,
-                              int O) {
-    __shared__ T shm[32];
-    const long long row = blockIdx.x;
-    T* z = logits + row * (long long)O;
-    const T* dr = d + row * (long long)O;
-    if (has_keep && keep[row] == T(0)) {
-        for (int j = threadIdx.x; j < O; j += XENT_BLOCK) z[j] = T(0);
-        if (threadIdx.x == 0) loss[row] = T(0);
-        return;
-    }
-    T acc = T(0);
-    for (int j = threadIdx.x; j < O; j += XENT_BLOCK) {
-        const T r = z[j] - dr[j];
-        z[j] = r;
-        acc += r * r;
-    }
-    acc = block_reduce(acc, shm, SumOp(), T(0));
-    if (threadIdx.x == 0) loss[row] = T(0.5) * acc;
+    if (threadIdx.x == 0) loss[row] = LOSS == SIGMOID_BCE ? acc : T(0.5) * acc;
 }
 
 #define RNN_XENT_SOFTMAX(SUFFIX, T, I)                                                      \
@@ -178,26 +155,17 @@ RNN_XENT_SOFTMAX(f32_i64, float, long long)
 RNN_XENT_SOFTMAX(f64_i32, double, int)
 RNN_XENT_SOFTMAX(f64_i64, double, long long)
 
-extern "C" __global__ void __launch_bounds__(XENT_BLOCK)
-rnn_sigmoid_bce_f32(float* logits, const float* d, const float* keep, int has_keep,
-                    float* loss, int O) {
-    sigmoid_bce<float>(logits, d, keep, has_keep, loss, O);
-}
+#define RNN_XENT_ONE_PASS(SUFFIX, T)                                                        \
+    extern "C" __global__ void __launch_bounds__(XENT_BLOCK)                                \
+    rnn_sigmoid_bce_##SUFFIX(T* logits, const T* d, const T* keep, int has_keep, T* loss,   \
+                             int O) {                                                      \
+        one_pass_loss<T, SIGMOID_BCE>(logits, d, keep, has_keep, loss, O);                 \
+    }                                                                                       \
+    extern "C" __global__ void __launch_bounds__(XENT_BLOCK)                                \
+    rnn_squared_error_##SUFFIX(T* logits, const T* d, const T* keep, int has_keep, T* loss, \
+                               int O) {                                                    \
+        one_pass_loss<T, SQUARED_ERROR>(logits, d, keep, has_keep, loss, O);               \
+    }
 
-extern "C" __global__ void __launch_bounds__(XENT_BLOCK)
-rnn_sigmoid_bce_f64(double* logits, const double* d, const double* keep, int has_keep,
-                    double* loss, int O) {
-    sigmoid_bce<double>(logits, d, keep, has_keep, loss, O);
-}
-
-extern "C" __global__ void __launch_bounds__(XENT_BLOCK)
-rnn_squared_error_f32(float* logits, const float* d, const float* keep, int has_keep,
-                      float* loss, int O) {
-    squared_error<float>(logits, d, keep, has_keep, loss, O);
-}
-
-extern "C" __global__ void __launch_bounds__(XENT_BLOCK)
-rnn_squared_error_f64(double* logits, const double* d, const double* keep, int has_keep,
-                      double* loss, int O) {
-    squared_error<double>(logits, d, keep, has_keep, loss, O);
-}
+RNN_XENT_ONE_PASS(f32, float)
+RNN_XENT_ONE_PASS(f64, double)

@@ -10,6 +10,7 @@ emulator provides another.
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,22 @@ def _read_source(path: str) -> str:
 
 
 def module_source(filename: str, defines: tuple[tuple[str, str], ...] = ()) -> str:
-    """The code a RawModule compiles: the #defines, then `kernels/<filename>`."""
-    return "".join(f"#define {k} {v}\n" for k, v in defines) + kernel_source(filename)
+    """The code a RawModule compiles: the #defines, then `kernels/<filename>`.
+
+    It opens with a comment naming a hash of the headers the file includes
+    (``kernels/*.cuh``): CuPy's on-disk compile cache keys on the source text and the
+    options only, so without it a release that changed only a header would keep running
+    the kernels compiled from the old one."""
+    return (f"// rnn_gpu headers {_headers_hash()}\n"
+            + "".join(f"#define {k} {v}\n" for k, v in defines) + kernel_source(filename))
+
+
+@functools.lru_cache(maxsize=None)
+def _headers_hash() -> str:
+    h = hashlib.sha256()
+    for p in sorted(kernel_dir().glob("*.cuh")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def nvrtc_options() -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""The wheel carries the CUDA sources, where an installed package looks for them."""
+"""The wheel carries the CUDA sources and the headers they include, where an installed
+package looks for them."""
 from __future__ import annotations
 
 import shutil
@@ -24,8 +25,8 @@ def test_wheel_ships_every_cuda_source(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = out.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    sources = sorted(p.name for p in (ROOT / "kernels").glob("*.cu"))
-    assert sources
+    sources = sorted(p.name for p in (ROOT / "kernels").iterdir() if p.suffix in (".cu", ".cuh"))
+    assert "rnn_common.cuh" in sources  # the headers the .cu files include
     for name in sources:
         assert f"rnn_gpu/cuda_kernels/{name}" in names  # where backend.kernel_dir() looks first
     assert "rnn_gpu/kernels.py" in names

@@ -158,3 +158,16 @@ def test_no_kernel_spills_registers(arch, tmp_path):
                 f"{loads} bytes spill loads")
         seen |= set(usage)
     assert len(seen) >= 20
+
+
+def test_module_source_names_the_headers_it_includes():
+    """CuPy's compile cache keys on the source text: a changed header must change it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(KDIR.glob("*.cuh")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    assert list(KDIR.glob("*.cuh")), "kernels/ has no shared header"
+    for name, defines in DEFINES.items():
+        first = backend.module_source(name, defines).splitlines()[0]
+        assert first == f"// rnn_gpu headers {h.hexdigest()[:16]}", name

@@ -73,7 +73,8 @@ def build(src: str, label: str) -> Library:
             f"order, err, errlen); }}")
         trailer.append(f'extern "C" const char* emu_sig_{n}() {{ return cuda_emu::signature(&{n}); }}')
     code = f'#include "{HEADER}"\n#line 1 "{label}"\n{src}\n' + "\n".join(trailer) + "\n"
-    key = hashlib.sha256((code + HEADER.read_text()).encode()).hexdigest()[:16]
+    headers = "".join(p.read_text() for p in sorted(kernel_dir().glob("*.cuh")))  # included
+    key = hashlib.sha256((code + HEADER.read_text() + headers).encode()).hexdigest()[:16]
     out_dir = Path(tempfile.gettempdir()) / f"rnn_gpu_cuda_emu_{os.getuid()}"
     out_dir.mkdir(exist_ok=True)
     stem = f"{Path(label).stem}-{key}"

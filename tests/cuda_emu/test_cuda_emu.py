@@ -84,8 +84,9 @@ def test_a_missing_barrier_changes_the_result(ops, broken, filename, name, versi
 
 
 def test_an_out_of_bounds_store_is_caught(ops, broken):
-    ops = broken("rnn_backward.cu", "i < (unsigned)n; i += stride) {\n        T c",
-           "i <= (unsigned)n; i += stride) {\n        T c")
+    # the loop runs to n inclusive: one store past the end of carry and of dz
+    ops = broken("rnn_backward.cu", "RNN_GRID_STRIDE_LOOP(unsigned, i, n) {\n        T c",
+                 "RNN_GRID_STRIDE_LOOP(unsigned, i, n + 1) {\n        T c")
     with pytest.raises(cuda_emu.EmulationError, match="rnn_delta_step_f32: wrote outside an array"):
         _run(ops, "delta_step", "fused")
 
@@ -97,8 +98,9 @@ def test_an_out_of_bounds_read_brings_a_nan(ops, broken):
 
 def test_a_stray_pointer_is_an_illegal_address_not_a_crash(ops, broken):
     # one element past the end: reads ids[N] (a guard) and gathers from far outside UT
-    old = "i < n; i += stride) {\n        const long long row = i / H;\n        const int h = (int)(i - row * H);\n        out[i]"
-    ops = broken("rnn_embed.cu", old, old.replace("i < n", "i <= n"))
+    old = ("RNN_GRID_STRIDE_LOOP(long long, i, n) {\n        const long long row = i / H;\n"
+           "        const int h = (int)(i - row * H);\n        out[i]")
+    ops = broken("rnn_embed.cu", old, old.replace("i, n)", "i, n + 1)"))
     with pytest.raises(cuda_emu.EmulationError, match="illegal address"):
         _run(ops, "embed_gather", "fused")
     assert _run(ops, "act_forward", "fused") < 1e-6  # the emulator still works afterwards
