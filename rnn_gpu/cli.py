@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from .train import DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET, TrainConfig  # noqa: PLC0415
+    from .lm.trainer import DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET, TrainConfig  # noqa: PLC0415
 
     d = TrainConfig()
     g = p.add_argument_group("data")
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import DEFAULT_CHECKPOINT, TrainConfig, Trainer  # noqa: PLC0415
+    from .lm.trainer import DEFAULT_CHECKPOINT, TrainConfig, Trainer  # noqa: PLC0415
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     opts = {k: v for k, v in vars(args).items() if k in names}
@@ -164,9 +164,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint  # noqa: PLC0415
+    from .lm.checkpoint import load_checkpoint  # noqa: PLC0415
     from .errors import CheckpointError  # noqa: PLC0415
-    from .sample import sample  # noqa: PLC0415
+    from .lm.sample import sample  # noqa: PLC0415
 
     ck = load_checkpoint(args.checkpoint, backend=args.backend)
     if ck.vocab is None:

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CheckpointError, DataError, TrainingDiverged, UsageError
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from .data import Corpus, batchify, check_trainable, corpus_summary, get_chunk, load_corpus, n_chunks
-from .errors import CheckpointError, DataError, TrainingDiverged, UsageError
 from .optim import DEFAULT_LR, OPTIMIZERS, clip_grad_norm, make_optimizer
 from .sample import sample as sample_text
 from .schedule import SCHEDULES, make_schedule
@@ -225,7 +225,7 @@ def evaluate(model, source: np.ndarray, bptt: int) -> float:
 
 
 def _xp_of(a):
-    from .backend import array_module  # noqa: PLC0415
+    from ..backend import array_module  # noqa: PLC0415
 
     return array_module(a)
 
@@ -315,7 +315,7 @@ class Trainer:
 
         V = len(self.vocab)
         if ck is None:
-            from .model import RNN  # noqa: PLC0415
+            from ..model import RNN  # noqa: PLC0415
 
             self.model = RNN(V, cfg.hidden, V, backend=cfg.backend, dtype=cfg.dtype, seed=cfg.seed,
                              hidden_activation=cfg.activation, output="softmax")

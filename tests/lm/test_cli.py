@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from rnn_gpu.checkpoint import load_checkpoint
+from rnn_gpu.lm.checkpoint import load_checkpoint
 from rnn_gpu.cli import main
 
 from .test_train import make_text
@@ -70,7 +70,7 @@ def test_sample_command_is_deterministic(trained, capsys):
 
 
 def test_ctrl_c_saves_the_run_and_exits_130(tmp_path, corpus, capsys, monkeypatch):
-    from rnn_gpu.train import Trainer
+    from rnn_gpu.lm.trainer import Trainer
 
     real = Trainer.train_step
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import rnn_gpu
-from rnn_gpu.data import EOS, UNK, Vocab, get_chunk, tokenize
-from rnn_gpu.sample import probabilities, sample
-from rnn_gpu.train import Trainer, evaluate
+from rnn_gpu.lm.data import EOS, UNK, Vocab, get_chunk, tokenize
+from rnn_gpu.lm.sample import probabilities, sample
+from rnn_gpu.lm.trainer import Trainer, evaluate
 
-from .helpers import randomize
+from ..helpers import randomize
 from .test_train import make_text, quiet, small_config
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import rnn_gpu
-from rnn_gpu.data import Vocab
+from rnn_gpu.lm.data import Vocab
 from rnn_gpu.errors import DataError, UsageError
-from rnn_gpu.sample import draw, probabilities, sample
+from rnn_gpu.lm.sample import draw, probabilities, sample
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import CheckpointError, UsageError
+from ..errors import CheckpointError, UsageError
 
 SCHEDULES = ("constant", "plateau", "mikolov", "cosine")
 

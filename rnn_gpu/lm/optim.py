@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .backend import to_numpy
-from .errors import CheckpointError, UsageError
+from ..backend import to_numpy
+from ..errors import CheckpointError, UsageError
 
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 
@@ -22,7 +22,7 @@ DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 2e-3}
 
 
 def _array_module(params: dict) -> Any:
-    from .backend import array_module  # noqa: PLC0415
+    from ..backend import array_module  # noqa: PLC0415
 
     return array_module(*params.values())
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rnn_gpu.errors import CheckpointError, UsageError
-from rnn_gpu.optim import SGD, Adagrad, Adam, clip_grad_norm, global_norm, make_optimizer
-from rnn_gpu.schedule import Cosine, Mikolov, Plateau, Schedule, make_schedule
+from rnn_gpu.lm.optim import SGD, Adagrad, Adam, clip_grad_norm, global_norm, make_optimizer
+from rnn_gpu.lm.schedule import Cosine, Mikolov, Plateau, Schedule, make_schedule
 
 
 def _params(seed=0, dtype=np.float64):

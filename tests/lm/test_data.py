@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rnn_gpu.data import (
+from rnn_gpu.lm.data import (
     EOS, UNK, Vocab, batchify, check_trainable, default_corpus, get_chunk, iter_chunks,
     load_corpus, n_chunks, read_text, split_text, tokenize,
 )

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import DataError, UsageError
+from ..errors import DataError, UsageError
 
 LEVELS = ("char", "word")
 UNK = "<unk>"

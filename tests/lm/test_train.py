@@ -9,9 +9,9 @@ import pytest
 from rich.console import Console
 
 import rnn_gpu
-from rnn_gpu.checkpoint import load_checkpoint
+from rnn_gpu.lm.checkpoint import load_checkpoint
 from rnn_gpu.errors import CheckpointError, DataError, TrainingDiverged, UsageError
-from rnn_gpu.train import TrainConfig, Trainer, evaluate, token_nll_sum
+from rnn_gpu.lm.trainer import TrainConfig, Trainer, evaluate, token_nll_sum
 
 WORDS = "the a cat dog bird sat ran flew on under over mat log tree and then".split()
 
@@ -280,7 +280,7 @@ def test_interrupt_stops_after_the_step_with_a_checkpoint(tmp_path, text_file):
 def test_builtin_fallback_corpus_fits_the_defaults(monkeypatch):
     import sys
 
-    from rnn_gpu.data import check_trainable, load_corpus
+    from rnn_gpu.lm.data import check_trainable, load_corpus
 
     monkeypatch.setitem(sys.modules, "pydoc_data.topics", None)
     c = load_corpus(None)

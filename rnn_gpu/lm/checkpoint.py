@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .backend import to_numpy
+from ..backend import to_numpy
+from ..errors import CheckpointError, DataError
 from .data import Vocab
-from .errors import CheckpointError, DataError
 
 FORMAT = "rnn-gpu checkpoint"
 FORMAT_VERSION = 1
@@ -103,7 +103,7 @@ def save_checkpoint(
     `arrays` holds extra state arrays, stored as ``state/<name>``; they may live on
     either backend.
     """
-    from . import __version__  # noqa: PLC0415
+    from .. import __version__  # noqa: PLC0415
 
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -155,7 +155,7 @@ class Checkpoint:
 
 def build_model(model_config: dict, params: dict[str, np.ndarray], backend="auto"):
     """An RNN with `model_config`'s shape and the given parameter values, on `backend`."""
-    from .model import RNN  # noqa: PLC0415
+    from ..model import RNN  # noqa: PLC0415
 
     return RNN.from_config(model_config, backend=backend, params=params)
 

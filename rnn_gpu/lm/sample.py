@@ -12,9 +12,9 @@ import math
 
 import numpy as np
 
-from .backend import to_numpy
+from ..backend import to_numpy
+from ..errors import DataError, UsageError
 from .data import EOS, Vocab
-from .errors import DataError, UsageError
 
 
 def probabilities(logits, temperature: float = 1.0) -> np.ndarray:

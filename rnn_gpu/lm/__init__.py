@@ -1,0 +1,2 @@
+"""The training application: data, optimizers, schedules, checkpoints, sampling and
+the trainer."""
