@@ -164,13 +164,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .lm.checkpoint import load_checkpoint  # noqa: PLC0415
     from .errors import CheckpointError  # noqa: PLC0415
-    from .lm.sample import sample  # noqa: PLC0415
+    from .lm.checkpoint import load_checkpoint  # noqa: PLC0415
+    from .lm.checks import expect, non_negative_number  # noqa: PLC0415
+    from .lm.sample import prime_ids, sample  # noqa: PLC0415
 
     ck = load_checkpoint(args.checkpoint, backend=args.backend)
     if ck.vocab is None:
         raise CheckpointError(f"checkpoint {args.checkpoint} has no vocabulary; it cannot be sampled")
+    expect(args.length >= 0, "--length", "a non-negative integer", args.length)
+    non_negative_number("--temperature", args.temperature)
+    if args.prime:
+        prime_ids(ck.vocab, args.prime, what="--prime")
     text = sample(ck.model, ck.vocab, args.length, prime=args.prime,
                   temperature=args.temperature, seed=args.seed)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")

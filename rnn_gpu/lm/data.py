@@ -16,7 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import DataError, UsageError
+from ..errors import DataError
+from .checks import expect, is_int, is_real, one_of, positive_int
 
 LEVELS = ("char", "word")
 UNK = "<unk>"
@@ -123,8 +124,8 @@ def split_text(text: str, valid_fraction: float, level: str) -> tuple[str, str]:
 
     Word-level splits fall on a line boundary so that no line is cut in two.
     """
-    if not 0.0 < valid_fraction < 1.0:
-        raise UsageError(f"--valid-fraction: expected a number in (0, 1), got {valid_fraction}")
+    expect(is_real(valid_fraction) and 0.0 < valid_fraction < 1.0, "valid_fraction",
+           "a number in (0, 1)", valid_fraction)
     if level == "word":
         lines = text.splitlines(keepends=True)
         if len(lines) < 2:
@@ -142,15 +143,14 @@ def split_text(text: str, valid_fraction: float, level: str) -> tuple[str, str]:
 
 def tokenize(text: str, level: str) -> list[str]:
     """Characters, or whitespace-separated words with ``<eos>`` closing every line."""
+    one_of("level", level, LEVELS)
     if level == "char":
         return list(text)
-    if level == "word":
-        out: list[str] = []
-        for line in text.splitlines():
-            out.extend(line.split())
-            out.append(EOS)
-        return out
-    raise UsageError(f"--level: expected one of {', '.join(LEVELS)}, got {level!r}")
+    out: list[str] = []
+    for line in text.splitlines():
+        out.extend(line.split())
+        out.append(EOS)
+    return out
 
 
 @dataclass
@@ -162,8 +162,7 @@ class Vocab:
     stoi: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.level not in LEVELS:
-            raise UsageError(f"level: expected one of {', '.join(LEVELS)}, got {self.level!r}")
+        one_of("level", self.level, LEVELS)
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
             raise DataError("vocabulary has duplicate tokens")
@@ -189,10 +188,9 @@ class Vocab:
         if level == "char":
             chars = sorted(set().union(*(set(t) for t in texts)))
             return cls(chars, "char")
-        if level != "word":
-            raise UsageError(f"--level: expected one of {', '.join(LEVELS)}, got {level!r}")
-        if max_size is not None and max_size < 3:
-            raise UsageError(f"--vocab-size: expected an integer >= 3, got {max_size}")
+        one_of("level", level, LEVELS)
+        if max_size is not None:
+            expect(is_int(max_size) and max_size >= 3, "max_size", "an integer >= 3", max_size)
         counts: collections.Counter[str] = collections.Counter()
         for t in texts:
             counts.update(tokenize(t, "word"))
@@ -277,8 +275,7 @@ def load_corpus(
     DataError says if the data does not fit it; otherwise one is built (characters: from
     training and validation text; words: from training text, capped at `vocab_size`).
     """
-    if level not in LEVELS:
-        raise UsageError(f"--level: expected one of {', '.join(LEVELS)}, got {level!r}")
+    one_of("level", level, LEVELS)
     if data is None:
         text, source = default_corpus()
     else:
@@ -305,8 +302,7 @@ def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
     Returns an ``(N // batch_size, batch_size)`` int32 array (PyTorch's layout); the last
     ``N % batch_size`` ids are dropped.
     """
-    if batch_size < 1:
-        raise UsageError(f"--batch-size: expected a positive integer, got {batch_size}")
+    positive_int("batch_size", batch_size)
     ids = np.asarray(ids, dtype=np.int32)
     n = ids.shape[0] // batch_size
     return np.ascontiguousarray(ids[: n * batch_size].reshape(batch_size, n).T)
@@ -333,14 +329,16 @@ def iter_chunks(
         yield k, x, y
 
 
-def check_trainable(n_tokens: int, batch_size: int, bptt: int, what: str = "training text") -> None:
-    """DataError unless `n_tokens` fill at least one batch of one full chunk."""
+def check_trainable(n_tokens: int, batch_size: int, bptt: int, what: str = "training text",
+                    advice: str = "smaller batch_size / bptt") -> None:
+    """DataError unless `n_tokens` fill at least one batch of one full chunk; the message
+    ends "use a larger text or <advice>"."""
     need = batch_size * (bptt + 1)
     if n_tokens < need:
         raise DataError(
             f"{what} is too small: {n_tokens} tokens, but one batch of one chunk needs "
             f"batch_size * (bptt + 1) = {batch_size} * ({bptt} + 1) = {need}; "
-            "use a larger text or smaller --batch-size / --bptt"
+            f"use a larger text or {advice}"
         )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..errors import CheckpointError, UsageError
+from .checks import expect, is_real, one_of, positive_number
 
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 
@@ -58,8 +59,7 @@ class Optimizer:
     slots: tuple[str, ...] = ()  # per-parameter state arrays
 
     def __init__(self, params: dict, lr: float, lr_scale: dict | None = None):
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise UsageError(f"--lr: expected a positive number, got {lr}")
+        positive_number("lr", lr)
         self.params = params
         self.lr = float(lr)
         # per-parameter multipliers of the rate, e.g. {"U": 16.0}; not saved in checkpoints
@@ -117,8 +117,7 @@ class SGD(Optimizer):
     name = "sgd"
 
     def __init__(self, params: dict, lr: float, momentum: float = 0.0, lr_scale: dict | None = None):
-        if not 0.0 <= momentum < 1.0:
-            raise UsageError(f"--momentum: expected a number in [0, 1), got {momentum}")
+        expect(is_real(momentum) and 0.0 <= momentum < 1.0, "momentum", "a number in [0, 1)", momentum)
         self.momentum = float(momentum)
         self.slots = ("velocity",) if momentum > 0 else ()
         super().__init__(params, lr, lr_scale)
@@ -163,8 +162,7 @@ class Adam(Optimizer):
     def __init__(self, params: dict, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
                  lr_scale: dict | None = None):
         b1, b2 = betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise UsageError(f"Adam betas: expected numbers in [0, 1), got {betas}")
+        expect(0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0, "betas", "numbers in [0, 1)", betas)
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
         super().__init__(params, lr, lr_scale)
@@ -193,13 +191,12 @@ def make_optimizer(name: str, params: dict, lr: float | None = None, momentum: f
     """An optimizer by name ("sgd", "adagrad", "adam"); `lr` None takes DEFAULT_LR;
     `lr_scale` multiplies the rate of single parameters (e.g. {"U": 16.0})."""
     name = name.lower()
-    if name not in OPTIMIZERS:
-        raise UsageError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    one_of("name", name, OPTIMIZERS)
     lr = DEFAULT_LR[name] if lr is None else lr
     if name == "sgd":
         return SGD(params, lr, momentum=momentum, lr_scale=lr_scale)
     if momentum:
-        raise UsageError(f"--momentum applies to sgd only, not {name}")
+        raise UsageError(f"momentum: applies to sgd only, not {name}")
     if name == "adagrad":
         return Adagrad(params, lr, lr_scale=lr_scale)
     return Adam(params, lr, lr_scale=lr_scale)

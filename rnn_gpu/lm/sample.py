@@ -8,12 +8,11 @@ given seed always gives the same text on every backend that computes the same lo
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..backend import to_numpy
 from ..errors import DataError, UsageError
+from .checks import expect, is_int, non_negative_number
 from .data import EOS, Vocab
 
 
@@ -34,6 +33,17 @@ def draw(logits, temperature: float, rng: np.random.Generator) -> int:
     return int(min(np.searchsorted(cdf, u, side="right"), cdf.shape[0] - 1))
 
 
+def prime_ids(vocab: Vocab, prime: str, what: str = "prime") -> list[int]:
+    """The token ids `prime` feeds the model; DataError for a token not in `vocab`,
+    UsageError for a prime with no tokens, each naming `what`."""
+    ids = [int(i) for i in vocab.encode(prime, what=what)]
+    if vocab.level == "word" and ids and ids[-1] == vocab.stoi[EOS] and not prime.endswith("\n"):
+        ids = ids[:-1]  # a prime on one line continues that line
+    if not ids:
+        raise UsageError(f"{what} holds no tokens")
+    return ids
+
+
 def sample(
     model,
     vocab: Vocab,
@@ -49,10 +59,8 @@ def sample(
     Without a prime, generation starts after a newline (an ``<eos>`` at word level) when
     the vocabulary has one, else after token 0. `rng` overrides `seed`.
     """
-    if not (isinstance(length, int) and length >= 0):
-        raise UsageError(f"--length: expected a non-negative integer, got {length}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise UsageError(f"--temperature: expected a number >= 0, got {temperature}")
+    expect(is_int(length) and length >= 0, "length", "a non-negative integer", length)
+    non_negative_number("temperature", temperature)
     if len(vocab) != model.config["input_size"]:
         raise DataError(
             f"vocabulary of {len(vocab)} tokens does not fit a model with input size "
@@ -62,11 +70,7 @@ def sample(
     be = model.backend
     xp = be.xp
     if prime:
-        ids = [int(i) for i in vocab.encode(prime, what="--prime")]
-        if vocab.level == "word" and ids and ids[-1] == vocab.stoi[EOS] and not prime.endswith("\n"):
-            ids = ids[:-1]  # a prime on one line continues that line
-        if not ids:
-            raise UsageError("--prime holds no tokens")
+        ids = prime_ids(vocab, prime)
     else:
         start = "\n" if vocab.level == "char" else EOS
         ids = [vocab.stoi.get(start, 0)]

@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError
+from .checks import expect, is_real, one_of
 
 SCHEDULES = ("constant", "plateau", "mikolov", "cosine")
 
@@ -70,8 +71,7 @@ class Plateau(Schedule):
 
     def __init__(self, lr: float, factor: float = 4.0):
         super().__init__(lr)
-        if factor <= 1:
-            raise UsageError(f"plateau factor: expected a number > 1, got {factor}")
+        expect(is_real(factor) and factor > 1, "factor", "a number > 1", factor)
         self.factor = float(factor)
         self.best: float | None = None
 
@@ -94,8 +94,8 @@ class Mikolov(Schedule):
 
     def __init__(self, lr: float, min_improvement: float = 1.003):
         super().__init__(lr)
-        if not min_improvement >= 1.0:
-            raise UsageError(f"--min-improvement: expected a number >= 1, got {min_improvement}")
+        expect(is_real(min_improvement) and min_improvement >= 1.0, "min_improvement",
+               "a number >= 1", min_improvement)
         self.min_improvement = float(min_improvement)
         self.prev: float | None = None  # validation loss at the previous evaluation
         self.halving = False
@@ -149,12 +149,11 @@ class Cosine(Schedule):
 
 def make_schedule(name: str, lr: float, min_improvement: float = 1.003) -> Schedule:
     name = name.lower()
+    one_of("name", name, SCHEDULES)
     if name == "constant":
         return Schedule(lr)
     if name == "plateau":
         return Plateau(lr)
     if name == "mikolov":
         return Mikolov(lr, min_improvement)
-    if name == "cosine":
-        return Cosine(lr)
-    raise UsageError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")
+    return Cosine(lr)

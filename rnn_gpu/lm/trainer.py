@@ -304,7 +304,8 @@ class Trainer:
                 f"checkpoint {ck.path} ({ck.vocab.describe_difference(self.corpus.vocab)}); "
                 "resume with the data the run started with"
             )
-        check_trainable(len(self.corpus.train), cfg.batch_size, cfg.bptt)
+        check_trainable(len(self.corpus.train), cfg.batch_size, cfg.bptt,
+                        advice="smaller --batch-size / --bptt")
         if len(self.corpus.valid) < 2:
             raise DataError("validation text is too small: it needs at least 2 tokens")
         self.vocab = self.corpus.vocab

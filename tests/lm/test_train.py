@@ -241,6 +241,9 @@ def test_bad_config_values(tmp_path, text_file):
                      ({"max_steps": 0}, "--max-steps"), ({"time_budget": -5.0}, "--time-budget"),
                      ({"clip": -1.0}, "--clip"), ({"truncate": 0}, "--truncate"),
                      ({"dropout": 1.0}, "--dropout"), ({"dropout": -0.1}, "--dropout"),
+                     ({"optimizer": "rmsprop"}, "--optimizer: expected one of"),
+                     ({"schedule": "linear"}, "--schedule: expected one of"),
+                     ({"level": "byte"}, "--level: expected char or word"),
                      ({"out": str(tmp_path / "missing" / "ck.npz")}, "--out")]:
         with pytest.raises(UsageError, match=flag):
             Trainer(small_config(tmp_path, text_file, **kw), console=quiet())
