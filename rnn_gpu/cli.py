@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from .lm.trainer import DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET, TrainConfig  # noqa: PLC0415
+    from .lm.config import DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET, TrainConfig  # noqa: PLC0415
 
     d = TrainConfig()
     g = p.add_argument_group("data")
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .lm.trainer import DEFAULT_CHECKPOINT, TrainConfig, Trainer  # noqa: PLC0415
+    from .lm import DEFAULT_CHECKPOINT, TrainConfig, Trainer  # noqa: PLC0415
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     opts = {k: v for k, v in vars(args).items() if k in names}

@@ -23,10 +23,14 @@ from .optim import (
 )
 from .sample import draw, probabilities
 from .schedule import SCHEDULES, Cosine, Decision, Mikolov, Plateau, Schedule, make_schedule
-from .trainer import (
-    DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET, INPUT_INITS, RESUME_FIXED, TrainConfig, Trainer,
-    TrainResult, evaluate, perplexity, plot_history,
+from .config import (
+    DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET, INPUT_INITS, RESUME_FIXED, TrainConfig,
 )
+from .metrics import evaluate, perplexity
+from .report import plot_history
+from .state import RunState
+from .stopping import Stopping
+from .trainer import Trainer, TrainResult
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "PARAM_NAMES", "Checkpoint", "atomic_write_npz", "build_model",
@@ -39,5 +43,5 @@ __all__ = [
     "draw", "probabilities",
     "SCHEDULES", "Cosine", "Decision", "Mikolov", "Plateau", "Schedule", "make_schedule",
     "DEFAULT_CHECKPOINT", "DEFAULT_TIME_BUDGET", "INPUT_INITS", "RESUME_FIXED", "TrainConfig",
-    "Trainer", "TrainResult", "evaluate", "perplexity", "plot_history",
+    "Trainer", "TrainResult", "evaluate", "perplexity", "plot_history", "RunState", "Stopping",
 ]

@@ -1,4 +1,4 @@
-"""Checkpoints: round trip, atomic writes, and every way a file can be bad (rnn_gpu.checkpoint)."""
+"""Checkpoints: round trip, atomic writes, and every way a file can be bad (rnn_gpu.lm.checkpoint)."""
 from __future__ import annotations
 
 import json

@@ -76,8 +76,8 @@ def test_ctrl_c_saves_the_run_and_exits_130(tmp_path, corpus, capsys, monkeypatc
 
     def step_then_ctrl_c(self):
         out = real(self)
-        if self.step == 3:
-            self._interrupted = True  # what the SIGINT handler does
+        if self.state.step == 3:
+            self.interrupt()  # what the SIGINT handler does
         return out
 
     monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)

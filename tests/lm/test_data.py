@@ -1,4 +1,4 @@
-"""Corpus loading, vocabularies, batching and chunking (rnn_gpu.data)."""
+"""Corpus loading, vocabularies, batching and chunking (rnn_gpu.lm.data)."""
 from __future__ import annotations
 
 import numpy as np

@@ -11,7 +11,7 @@ import pytest
 import rnn_gpu
 from rnn_gpu.lm.data import EOS, UNK, Vocab, get_chunk, tokenize
 from rnn_gpu.lm.sample import probabilities, sample
-from rnn_gpu.lm.trainer import Trainer, evaluate
+from rnn_gpu.lm import Trainer, evaluate
 
 from ..helpers import randomize
 from .test_train import make_text, quiet, small_config
@@ -38,7 +38,7 @@ def test_each_step_starts_from_the_state_the_previous_one_ended_in(trainer):
         got, ntok = tr.train_step()
         assert ntok == y.size
         assert got == pytest.approx(loss, rel=1e-6)
-        np.testing.assert_allclose(rnn_gpu.to_numpy(tr.hidden), h, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rnn_gpu.to_numpy(tr.state.hidden), h, rtol=1e-5, atol=1e-6)
         assert np.abs(h).max() > 0.1  # a state worth carrying
 
 
@@ -50,7 +50,7 @@ def test_the_optimizer_gets_the_gradient_of_the_mean_token_loss(trainer):
                                                       for k, g in grads.items()}), real(grads))
     for k in range(2):
         x, y = tr.train_data[k * 12:(k + 1) * 12], tr.train_data[k * 12 + 1:(k + 1) * 12 + 1]
-        _, grads, _ = twin(tr.model).loss_and_grads(x, y, h0=tr.hidden)
+        _, grads, _ = twin(tr.model).loss_and_grads(x, y, h0=tr.state.hidden)
         tr.train_step()
         for name, g in grads.items():  # mean over all T * B tokens
             np.testing.assert_allclose(handed[k][name], g / y.size, rtol=1e-5, atol=1e-9,
