@@ -242,3 +242,20 @@ def test_messages_name_the_options(tmp_path, corpus, trained, capsys):
         rc = main(argv)
         assert rc == 2, argv
         assert assert_one_line_error(capsys, rc) == f"rnn-gpu: error: {message}", argv
+
+
+def test_choices_are_the_library_constants():
+    from rnn_gpu.backend import BACKENDS
+    from rnn_gpu.cli import build_parser
+    from rnn_gpu.lm import INPUT_INITS, LEVELS, OPTIMIZERS, SCHEDULES
+    from rnn_gpu.model import DTYPES
+    from rnn_gpu.reference import ACTIVATIONS
+
+    (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
+    choices = {name: {a.option_strings[0]: tuple(a.choices) for a in sub._actions if a.choices}
+               for name, sub in commands.choices.items()}
+    assert choices["train"] == {"--level": LEVELS, "--activation": ACTIVATIONS,
+                                "--input-init": INPUT_INITS, "--dtype": DTYPES,
+                                "--backend": BACKENDS, "--optimizer": OPTIMIZERS,
+                                "--schedule": SCHEDULES}
+    assert choices["sample"] == choices["gradcheck"] == {"--backend": BACKENDS}
