@@ -33,7 +33,7 @@ def trainer(tmp_path):
 def test_each_step_starts_from_the_state_the_previous_one_ended_in(trainer):
     tr, h = trainer, None
     for k in range(4):
-        x, y = tr.train_data[k * 12:(k + 1) * 12], tr.train_data[k * 12 + 1:(k + 1) * 12 + 1]
+        x, y = get_chunk(tr.train_data, k * 12, 12)
         loss, _, h = twin(tr.model).loss_and_grads(x, y, h0=h)
         got, ntok = tr.train_step()
         assert ntok == y.size
@@ -49,7 +49,7 @@ def test_the_optimizer_gets_the_gradient_of_the_mean_token_loss(trainer):
     tr.optimizer.step = lambda grads: (handed.append({k: rnn_gpu.to_numpy(g).copy()
                                                       for k, g in grads.items()}), real(grads))
     for k in range(2):
-        x, y = tr.train_data[k * 12:(k + 1) * 12], tr.train_data[k * 12 + 1:(k + 1) * 12 + 1]
+        x, y = get_chunk(tr.train_data, k * 12, 12)
         _, grads, _ = twin(tr.model).loss_and_grads(x, y, h0=tr.state.hidden)
         tr.train_step()
         for name, g in grads.items():  # mean over all T * B tokens
