@@ -223,20 +223,23 @@ def test_messages_name_the_options(tmp_path, corpus, trained, capsys):
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("abcdefghij" * 5)
     d = ["--data", str(corpus), "--out", str(tmp_path / "x.npz"), "--no-progress"]
+    ck = str(trained)
     cases = [
         (["train", *d, "--lr", "-0.1"], "--lr: expected a positive number, got -0.1"),
         (["train", *d, "--momentum", "0.5"], "--momentum applies to --optimizer sgd only, not adam"),
         (["train", *d, "--optimizer", "sgd", "--momentum", "1.5"],
          "--momentum: expected a number in [0, 1), got 1.5"),
-        (["train", *d, "--min-improvement", "0.5"], "--min-improvement: expected a number >= 1, got 0.5"),
-        (["train", *d, "--valid-fraction", "1.5"], "--valid-fraction: expected a number in (0, 1), got 1.5"),
+        (["train", *d, "--min-improvement", "0.5"],
+         "--min-improvement: expected a number >= 1, got 0.5"),
+        (["train", *d, "--valid-fraction", "1.5"],
+         "--valid-fraction: expected a number in (0, 1), got 1.5"),
         (["train", *d, "--vocab-size", "2"], "--vocab-size: expected an integer >= 3, got 2"),
         (["train", "--data", str(tiny), "--no-progress"],
          "training text is too small: 45 tokens, but one batch of one chunk needs batch_size * "
          "(bptt + 1) = 32 * (64 + 1) = 2080; use a larger text or smaller --batch-size / --bptt"),
-        (["sample", str(trained), "--length", "-3"], "--length: expected a non-negative integer, got -3"),
-        (["sample", str(trained), "--temperature", "-1"], "--temperature: expected a number >= 0, got -1.0"),
-        (["sample", str(trained), "--prime", "\u2603"], "--prime holds '\u2603', which is not in the vocabulary"),
+        (["sample", ck, "--length", "-3"], "--length: expected a non-negative integer, got -3"),
+        (["sample", ck, "--temperature", "-1"], "--temperature: expected a number >= 0, got -1.0"),
+        (["sample", ck, "--prime", "\u2603"], "--prime holds '\u2603', which is not in the vocabulary"),
     ]
     for argv, message in cases:
         rc = main(argv)
