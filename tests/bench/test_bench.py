@@ -8,7 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from rnn_gpu import bench, kernels, peers
+from rnn_gpu import bench, kernels
+from rnn_gpu.bench import cli as bench_cli
+from rnn_gpu.bench import kernel_level, peers
 
 FIELDS = ("name", "device", "backend", "dtype", "shape", "median_ms", "min_ms", "max_ms",
           "peer", "peer_median_ms", "speedup", "versions", "command", "date")
@@ -70,7 +72,7 @@ def test_broken_kernel_version_fails_and_is_not_timed(tmp_path, monkeypatch, cap
         a *= 1.01
 
     monkeypatch.setattr(kernels, "REGISTRY", {"act_forward": spec})
-    monkeypatch.setattr(bench, "kernel_versions",
+    monkeypatch.setattr(kernel_level, "kernel_versions",
                         lambda s, be: {"numpy": s.twin, "broken": broken})
     out = tmp_path / "k.jsonl"
     rc = bench.main(["--quick", "--only", "kernels", "--out", str(out)])
@@ -250,8 +252,8 @@ def test_gpu_paths_on_the_emulator(tmp_path, monkeypatch):
     import rnn_gpu
     from rnn_gpu import backend
 
-    from . import cuda_emu
-    from .helpers import cuda_device
+    from .. import cuda_emu
+    from ..helpers import cuda_device
 
     backend.cupy_unavailable_reason()  # probe the real CuPy before "cupy" is replaced
     be = cuda_emu.emulated_backend("cupy")
@@ -259,8 +261,8 @@ def test_gpu_paths_on_the_emulator(tmp_path, monkeypatch):
         monkeypatch.setattr(rnn_gpu, "cuda_ops", dev.ops, raising=False)
         for name, spec in kernels.REGISTRY.items():
             monkeypatch.setattr(spec, "cupy_versions", dict(dev.ops._VERSIONS[name]))
-        monkeypatch.setattr(bench, "_backends", lambda ctx: [be])
-        monkeypatch.setattr(bench, "matmul_sizes", lambda gpu, quick: 96)
+        monkeypatch.setattr(bench_cli, "_backends", lambda ctx: [be])
+        monkeypatch.setattr(kernel_level, "matmul_sizes", lambda gpu, quick: 96)
         out = tmp_path / "emu.jsonl"
         rc = bench.main(["--quick", "--backend", "cupy", "--kernel", "softmax_xent",
                          "--kernel", "outer_accum", "--kernel", "bias_grad",
