@@ -23,6 +23,28 @@ KERNEL_TOL = {"float32": 1e-4, "float64": 1e-10}
 
 
 # -------------------------------------------------------------------------------------
+# The seam: all the bench knows of the kernel registry and of the CUDA versions is here.
+# Today rnn_gpu.kernels.REGISTRY holds the specs and importing rnn_gpu.cuda_ops fills
+# each spec's cupy_versions (name -> launcher). Where REGISTRY moves to rnn_gpu.ops.registry
+# and spec.cuda_versions maps a version to the name of a method of backend.ops, only these
+# two functions change.
+
+
+def kernel_specs() -> dict[str, _kernels.KernelSpec]:
+    """The kernel registry: name -> spec (twin, make_args, outputs, sizes, cost model)."""
+    return _kernels.REGISTRY
+
+
+def kernel_versions(spec: _kernels.KernelSpec, backend: Backend) -> dict[str, Callable]:
+    """The versions of a kernel timed on `backend`: the CUDA ones on a GPU, the twin on a CPU."""
+    if not backend.is_gpu:
+        return {"numpy": spec.twin}
+    from .. import cuda_ops  # noqa: F401, PLC0415 - fills REGISTRY[...].cupy_versions
+
+    return dict(spec.cupy_versions)
+
+
+# -------------------------------------------------------------------------------------
 # Peaks: this device's copy bandwidth and matmul rate, measured here.
 
 
@@ -75,15 +97,6 @@ def measure_peaks(ctx: Context, backend: Backend, dtype: str) -> dict:
 # Kernel level
 
 
-def kernel_versions(spec: _kernels.KernelSpec, backend: Backend) -> dict[str, Callable]:
-    """The versions of a kernel timed on `backend`: the CUDA ones on a GPU, the twin on a CPU."""
-    if backend.is_gpu:
-        from .. import cuda_ops  # noqa: F401, PLC0415 - fills REGISTRY[...].cupy_versions
-
-        return dict(spec.cupy_versions)
-    return {"numpy": spec.twin}
-
-
 def _host64(a):
     """A float64 copy of a float array (integers copied as they are; non-arrays unchanged)."""
     if isinstance(a, np.ndarray):
@@ -129,7 +142,7 @@ def bench_kernels(ctx: Context, backend: Backend, dtype: str) -> None:
     itemsize = np.dtype(dtype).itemsize
     table = []
     only = set(args.kernel or [])
-    for name, spec in _kernels.REGISTRY.items():
+    for name, spec in kernel_specs().items():
         if only and name not in only:
             continue
         size = spec.sizes[size_key]

@@ -62,6 +62,15 @@ def test_quick_end_to_end(tmp_path, capsys):
     assert "validated" in text and "results written" in text
 
 
+def test_kernel_seam_on_the_cpu():
+    import rnn_gpu
+
+    assert kernel_level.kernel_specs() is kernels.REGISTRY
+    cpu = rnn_gpu.get_backend("numpy")
+    for spec in kernels.REGISTRY.values():
+        assert kernel_level.kernel_versions(spec, cpu) == {"numpy": spec.twin}
+
+
 def test_broken_kernel_version_fails_and_is_not_timed(tmp_path, monkeypatch, capsys):
     spec = kernels.REGISTRY["act_forward"]
     calls = []
@@ -226,6 +235,8 @@ def test_plot_from_a_result_file(tmp_path):
 @pytest.mark.gpu
 def test_quick_on_the_gpu(tmp_path):
     """Every CUDA version validated and timed with events; eager and graphed steps."""
+    import rnn_gpu
+
     out = tmp_path / "gpu.jsonl"
     rc = bench.main(["--quick", "--backend", "cupy", "--peers", "torch", "--no-gpu-tests",
                      "--out", str(out)])
@@ -233,9 +244,11 @@ def test_quick_on_the_gpu(tmp_path):
     rows = _rows(out)
     by_name = {r["name"]: r for r in rows}
     assert by_name["peak:matmul"]["backend"] == "cupy"
+    gpu = rnn_gpu.get_backend("cupy")
     for name, spec in kernels.REGISTRY.items():
-        assert spec.cupy_versions, name
-        for v in spec.cupy_versions:
+        versions = kernel_level.kernel_versions(spec, gpu)
+        assert versions, name
+        for v in versions:
             r = by_name[f"kernel:{name}:{v}"]
             assert r["status"] == "ok" and r["validated"] is True, (name, v)
             assert r["peer"] == "numpy twin (host)" and r["speedup"] > 0
