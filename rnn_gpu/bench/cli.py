@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,48 +19,10 @@ from .step_level import (DEFAULT_SHAPES, PEERS, QUICK_SHAPES, SEED_MAX_WORK, ben
                          bench_sweeps)
 from .timing import blas_threads
 
-
-# -------------------------------------------------------------------------------------
-# GPU test summary (GPU result files carry one)
-
-
-def gpu_test_summary(ctx: Context) -> None:
-    tests = Path(__file__).resolve().parents[2] / "tests"
-    if not tests.is_dir():
-        ctx.skip("GPU test summary", "no tests/ directory beside the package (installed wheel)")
-        return
-    import xml.etree.ElementTree as ET  # noqa: PLC0415
-
-    with tempfile.TemporaryDirectory() as d:
-        junit = Path(d) / "gpu.xml"
-        try:
-            subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q",
-                            "-p", "no:cacheprovider", f"--junitxml={junit}", str(tests)],
-                           capture_output=True, text=True, timeout=1800,
-                           cwd=str(tests.parent))
-            root = ET.parse(junit).getroot()
-        except Exception as e:
-            ctx.skip("GPU test summary", f"pytest did not run ({type(e).__name__}: {e})")
-            return
-    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    n = {k: sum(int(s.get(k, 0)) for s in suites)
-         for k in ("tests", "failures", "errors", "skipped")}
-    passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
-    failed = n["failures"] + n["errors"]
-    if failed:
-        ctx.failed += 1
-    ctx.console.print(f"GPU tests (pytest -m gpu): {passed} passed, {failed} failed, "
-                      f"{n['skipped']} skipped")
-    ctx.add({"name": "gpu-tests", "kind": "gpu-tests", "device": get_backend("cupy").device,
-             "backend": "cupy", "dtype": "", "shape": "",
-             "status": "FAILED" if failed else "ok",
-             "passed": passed, "failed": failed, "skipped": n["skipped"],
-             "median_ms": None, "min_ms": None, "max_ms": None,
-             "peer": None, "peer_median_ms": None, "speedup": None})
-
-
-# -------------------------------------------------------------------------------------
-# Command line
+# The bench no longer runs the test suite: that needs the source tree, not the package.
+GPU_TESTS_MOVED = ("rnn-gpu: error: --gpu-tests: the GPU test summary moved to "
+                   "bench/gpu_check.sh; run it from a source checkout on a GPU machine: "
+                   "bash bench/gpu_check.sh OUTDIR [--quick]")
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
@@ -132,8 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", action=B, default=True,
                    help="peak memory of one step (default on)")
     p.add_argument("--gpu-tests", action=B, default=None,
-                   help="run pytest -m gpu and record the counts (default: on a GPU, "
-                        "without --quick)")
+                   help="gone: the GPU test summary is bench/gpu_check.sh in the source tree "
+                        "(--gpu-tests exits 2 saying so; --no-gpu-tests does nothing)")
     p.add_argument("--out", metavar="FILE.jsonl", help="write the results as JSON lines")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="compare two result files (ratios B/A) and exit")
@@ -172,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
 
     # Tables keep their columns when the output goes to a file or a pipe.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    if getattr(args, "gpu_tests", None):
+        print(GPU_TESTS_MOVED, file=sys.stderr)
+        return 2
     if args.compare:
         return compare(args.compare[0], args.compare[1], console)
     if args.from_file:
@@ -214,9 +177,6 @@ def run(args: argparse.Namespace) -> int:
         bench_steps(ctx, backends, args.dtype, shapes)
     if levels["sweeps"]:
         bench_sweeps(ctx, backends, args.dtype, shapes[0])
-    gpu = any(be.is_gpu for be in backends)
-    if gpu and (args.gpu_tests if args.gpu_tests is not None else not args.quick):
-        gpu_test_summary(ctx)
     if args.plot:
         plot_sweeps(ctx.rows, args.plot, console)
 

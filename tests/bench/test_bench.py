@@ -176,6 +176,29 @@ def test_compare_rejects_a_bad_line(tmp_path):
         bench.compare(str(a), str(a), None)
 
 
+def test_gpu_tests_option_says_where_the_summary_went(tmp_path, capsys):
+    cli = pytest.importorskip("rnn_gpu.cli")
+    out = tmp_path / "none.jsonl"
+    for run in (lambda: bench.main(["--quick", "--gpu-tests", "--out", str(out)]),
+                lambda: cli.main(["bench", "--gpu-tests"])):
+        assert run() == 2
+        text = capsys.readouterr()
+        lines = text.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("rnn-gpu: error: --gpu-tests")
+        assert "bench/gpu_check.sh OUTDIR" in lines[0] and not text.out
+    assert not out.exists()  # nothing run
+
+
+def test_the_bench_does_not_run_the_test_suite():
+    import inspect
+
+    import rnn_gpu.bench as pkg
+
+    for mod in (pkg.cli, pkg.kernel_level, pkg.step_level, pkg.memory, pkg.records):
+        src = inspect.getsource(mod)
+        assert "pytest" not in src and "PYTHONPATH" not in src and '"tests"' not in src
+
+
 def test_parse_shapes_and_peers():
     assert bench.parse_shapes("64,32,256,65; 35,20,200,10000") == [(64, 32, 256, 65),
                                                                    (35, 20, 200, 10000)]
