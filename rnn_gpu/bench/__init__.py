@@ -6,13 +6,14 @@ Three levels, each optional:
   Each version is first run on random inputs and compared with its NumPy twin run in
   float64 on host copies of the same inputs; a version that disagrees is marked FAILED,
   is not timed, and makes the command exit with status 1. Then it is warmed up and timed
-  (CUDA events on the GPU, a wall clock on the CPU), with GB/s, GFLOP/s and the percentage
-  of this device's copy bandwidth and matmul rate, both measured here first.
+  (the GPU times of ``cupyx.profiler.benchmark`` on the GPU, a wall clock on the CPU), with
+  GB/s, GFLOP/s and the percentage of this device's copy bandwidth and matmul rate, both
+  measured here first.
 * **steps**: the training step (``RNN.loss_and_grads``, forward + backward) on every
   available backend, beside the peers that are installed (seed 001's per-sequence NumPy
   loop at small shapes, PyTorch on the CPU and on CUDA with cuDNN, CUDA-Graph replay),
   all checked against the float64 engine first and timed side by side, repetitions
-  interleaved; peak memory of one step.
+  interleaved (PyTorch on CUDA by ``torch.utils.benchmark.Timer``); peak memory of one step.
 * **sweeps**: step time against T, B and H around the first shape (``--plot`` draws them).
 
 Output: rich tables on the terminal and, with ``--out FILE.jsonl``, one JSON object per

@@ -16,7 +16,7 @@ from .. import kernels as _kernels
 from ..backend import Backend
 from ..gradcheck import rel_err
 from .records import Context, _table, device_of
-from .timing import calibrate, cupy_timer, interleaved, wall_timer
+from .timing import calibrate, cupy_stats, cupy_timer, interleaved, wall_timer
 
 # Normwise relative error allowed against the float64 oracle.
 KERNEL_TOL = {"float32": 1e-4, "float64": 1e-10}
@@ -75,11 +75,14 @@ def measure_peaks(ctx: Context, backend: Backend, dtype: str) -> dict:
     elems = copy_mib * 2**20 // np.dtype(dtype).itemsize
     src = xp.ones(elems, dtype=dtype)
     dst = xp.empty(elems, dtype=dtype)
-    st = interleaved({"matmul": (mm_fn, timer),
-                      "copy": (lambda: xp.copyto(dst, src), timer)}, reps, 1)
+    copy_fn = (lambda: xp.copyto(dst, src))
+    if gpu:  # GPU times, one operation after the other
+        st = {"matmul": cupy_stats(mm_fn, reps, 1), "copy": cupy_stats(copy_fn, reps, 1)}
+    else:
+        st = interleaved({"matmul": (mm_fn, timer), "copy": (copy_fn, timer)}, reps, 1)
     mm = mm_flops / (st["matmul"].median * 1e-3) / 1e9
     bw = 2.0 * src.nbytes / (st["copy"].median * 1e-3) / 1e9
-    del mm_fn, src, dst
+    del mm_fn, copy_fn, src, dst
     dev = device_of(backend)
     copied = 2 * elems * np.dtype(dtype).itemsize
     for name, s, extra in (("matmul", st["matmul"], {"gflops": mm, "n": n}),
@@ -169,14 +172,15 @@ def bench_kernels(ctx: Context, backend: Backend, dtype: str) -> None:
                 continue
             a = _on(backend, spec.make_args(np, np.random.default_rng(1), size, np.dtype(dtype)))
             call = (lambda f=fn, a=a: f(*a))
-            fns = {"ours": (call, timer)}
             inner = {"ours": calibrate(call, timer)}
-            if backend.is_gpu:  # the twin on the host beside it, for a speedup
+            if backend.is_gpu:  # GPU times, then the twin on the host, for a speedup
                 h = spec.make_args(np, np.random.default_rng(1), size, np.dtype(dtype))
                 twin_call = (lambda s=spec, h=h: s.twin(*h))
-                fns["twin"] = (twin_call, wall_timer)
                 inner["twin"] = calibrate(twin_call, wall_timer)
-            st = interleaved(fns, reps, warmup, inner)
+                st = {"ours": cupy_stats(call, reps, warmup, inner["ours"]),
+                      **interleaved({"twin": (twin_call, wall_timer)}, reps, warmup, inner)}
+            else:
+                st = interleaved({"ours": (call, timer)}, reps, warmup, inner)
             s = st["ours"]
             t_s = s.median * 1e-3
             nbytes = spec.nbytes(size) * itemsize / 4  # the cost model counts float32

@@ -323,3 +323,43 @@ def test_gpu_paths_on_the_emulator(tmp_path, monkeypatch):
     assert step["peak_mem_bytes"] > 0 and step["workspace_bytes"] > 0
     graph = by_name["skip:CUDA-Graph replay at step T=6,B=4,H=24,V=17"]
     assert "capture failed" in graph["reason"] and "not emulated" in graph["reason"]
+
+
+def test_gpu_times_come_from_cupyx_profiler(monkeypatch):
+    from rnn_gpu.bench import timing
+
+    seen = {}
+
+    def benchmark(func, n_repeat, n_warmup):  # cupyx.profiler.benchmark's part used here
+        seen.update(n_repeat=n_repeat, n_warmup=n_warmup)
+        for _ in range(n_warmup + n_repeat):
+            func()
+        return type("Result", (), {"gpu_times": np.array([[0.004, 0.002, 0.003]])})()
+
+    monkeypatch.setattr(timing, "_gpu_benchmark", lambda: benchmark)
+    calls = []
+    st = timing.cupy_stats(lambda: calls.append(1), reps=3, warmup=2, inner=4)
+    assert seen == {"n_repeat": 3, "n_warmup": 2} and len(calls) == 5 * 4
+    assert st.times_ms == pytest.approx([1.0, 0.5, 0.75])  # seconds over 4 calls, in ms
+    assert timing.cupy_timer(lambda: None, inner=2) == pytest.approx(2.0)
+
+
+def test_the_emulator_is_timed_by_cuda_events():
+    from rnn_gpu.bench import timing
+
+    from .. import cuda_emu
+
+    with cuda_emu.as_cupy(cuda_emu.fake_cupy()):
+        assert timing._gpu_benchmark() is None
+        calls = []
+        st = timing.cupy_stats(lambda: calls.append(1), reps=2, warmup=1, inner=3)
+    assert len(calls) == 9 and len(st.times_ms) == 2 and min(st.times_ms) >= 0
+
+
+def test_torch_timer_times_the_calls_it_is_given():
+    pytest.importorskip("torch")
+    from rnn_gpu.bench import timing
+
+    calls = []
+    ms = timing.torch_cuda_timer(lambda: calls.append(1), inner=3)
+    assert ms > 0 and len(calls) == 3 + 2  # torch.utils.benchmark warms up with two calls
