@@ -19,6 +19,9 @@ from .step_level import (DEFAULT_SHAPES, PEERS, QUICK_SHAPES, SEED_MAX_WORK, ben
                          bench_sweeps)
 from .timing import blas_threads
 
+# The first line of the package's docstring, which `rnn-gpu bench --help` shows.
+DESCRIPTION = ("Benchmark the kernels, the training step and step-time sweeps, validating "
+               "before timing.")
 # The bench no longer runs the test suite: that needs the source tree, not the package.
 GPU_TESTS_MOVED = ("rnn-gpu: error: --gpu-tests: the GPU test summary moved to "
                    "bench/gpu_check.sh; run it from a source checkout on a GPU machine: "
@@ -106,10 +109,12 @@ def _command_line(args: argparse.Namespace) -> str:
     argv = getattr(args, "argv", None)
     if argv is not None:  # main() of this module
         return shlex.join(["python", "-m", "rnn_gpu.bench", *argv])
-    prog = Path(sys.argv[0]).name
-    if prog in ("cli.py", "__main__.py", "-m", "-c"):
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "__main__.py" and argv0.parent.name == "rnn_gpu":  # python -m rnn_gpu
+        return shlex.join(["python", "-m", "rnn_gpu", *sys.argv[1:]])
+    if argv0.name in ("cli.py", "__main__.py", "-m", "-c"):
         return shlex.join(["python", "-m", "rnn_gpu.bench", *sys.argv[1:]])
-    return shlex.join([prog, *sys.argv[1:]])
+    return shlex.join([argv0.name, *sys.argv[1:]])
 
 
 def _backends(ctx: Context) -> list[Backend]:
@@ -195,8 +200,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m rnn_gpu.bench",
-                                description=(__doc__ or "").strip().split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rnn_gpu.bench", description=DESCRIPTION)
     add_arguments(p)
     args = p.parse_args(argv)
     args.argv = argv

@@ -199,6 +199,15 @@ def test_the_bench_does_not_run_the_test_suite():
         assert "pytest" not in src and "PYTHONPATH" not in src and '"tests"' not in src
 
 
+def test_command_line_recorded(monkeypatch):
+    assert bench.__doc__.splitlines()[0] == bench_cli.DESCRIPTION  # rnn-gpu bench --help
+    ns = argparse.Namespace()
+    for argv0, want in (("/x/rnn_gpu/__main__.py", "python -m rnn_gpu bench --quick"),
+                        ("/usr/bin/rnn-gpu", "rnn-gpu bench --quick")):
+        monkeypatch.setattr("sys.argv", [argv0, "bench", "--quick"])
+        assert bench_cli._command_line(ns) == want
+
+
 def test_parse_shapes_and_peers():
     assert bench.parse_shapes("64,32,256,65; 35,20,200,10000") == [(64, 32, 256, 65),
                                                                    (35, 20, 200, 10000)]
