@@ -120,6 +120,17 @@ class Engine:
             self._workspaces.move_to_end(key)
         return ws
 
+    def buffer_bytes(self) -> int:
+        """Bytes this engine keeps between calls: gradient buffers and workspaces."""
+        total = sum(int(g.nbytes) for g in self.grads.values())
+        for ws in self._workspaces.values():
+            total += sum(int(v.nbytes) for v in vars(ws).values() if hasattr(v, "nbytes"))
+        return total
+
+    def release_workspaces(self) -> None:
+        """Drop the workspaces (made again on the next call)."""
+        self._workspaces.clear()
+
     def forward_states(self, ws: Workspace, params, x, h0, keep) -> None:
         """States into ws.S: S[0] = h0 (zeros for None), S[t+1] after step t."""
         xp, ops = self.xp, self.ops
