@@ -33,6 +33,8 @@ ELEM_BLOCK = 256  # pointwise kernels
 XENT_BLOCK = 256  # threads per row in the loss kernels
 OUTER_THREADS, OUTER_TN = 16, 16
 BIAS_COLS, BIAS_ROWS = 32, 16
+RECUR_TM, RECUR_TN, RECUR_TK = 32, 32, 32  # fused recurrent steps: output tile, k slab
+RECUR_TX, RECUR_TY = 16, 8  # and their threads per block (columns, rows)
 _MAX_BLOCKS = 65535  # grid-stride loops cover the rest
 
 _ACT = {"tanh": 0, "sigmoid": 1, "relu": 2}
@@ -48,6 +50,9 @@ DEFINES = {
                      ("OUTER_TN", str(OUTER_TN))),
     "rnn_embed.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)), ("BIAS_COLS", str(BIAS_COLS)),
                      ("BIAS_ROWS", str(BIAS_ROWS))),
+    "rnn_recur.cu": (("RECUR_TM", str(RECUR_TM)), ("RECUR_TN", str(RECUR_TN)),
+                     ("RECUR_TK", str(RECUR_TK)), ("RECUR_TX", str(RECUR_TX)),
+                     ("RECUR_TY", str(RECUR_TY))),
 }
 
 
@@ -385,3 +390,133 @@ class CudaOps:
             capturing = self.xp.cuda.get_current_stream().is_capturing()
             name = self.outer.choose(key, M, capturing, time_version)
         getattr(self, f"outer_accum_{name}")(dW, a, b, accumulate)
+
+    # ---------------------------------------------------------------------------------
+    # Fused recurrent steps (kernels/rnn_recur.cu): one launch per time step, the step's
+    # B x H x H product tiled in the kernel (no cuBLAS) with the pointwise update as its
+    # epilogue. Same signatures and in-place semantics as the twins recur_forward,
+    # recur_backward and recur_trunc_backward.
+
+    def _recur_matrix(self, K: str, arg: str, a, H: int, dtype):
+        """An (H, H) operand, C- or F-contiguous (W or the view W.T): the element strides
+        (sk, sn) of a[k, n] for the kernel."""
+        if not isinstance(a, self.xp.ndarray):
+            _fail(K, arg, "a cupy.ndarray (these launchers run on the GPU only)", _desc(a))
+        if a.dtype != dtype:
+            _fail(K, arg, f"{dtype} like the other arrays", _desc(a))
+        _shape(K, arg, a, (H, H))
+        if a.flags.c_contiguous:
+            return np.int64(H), np.int64(1)
+        if a.flags.f_contiguous:
+            return np.int64(1), np.int64(H)
+        _fail(K, arg, "a C- or F-contiguous array (W or W.T)",
+              f"strides {a.strides} for shape {a.shape}")
+
+    @staticmethod
+    def _disjoint(K: str, read: str, a, written: dict) -> None:
+        """`a` is read whole by every block of a GEMM: no array the kernel writes may
+        overlap it."""
+        lo = a.data.ptr
+        hi = lo + a.nbytes
+        for arg, b in written.items():
+            if b is not None and b.nbytes and lo < b.data.ptr + b.nbytes and b.data.ptr < hi:
+                _fail(K, arg, f"an array that does not overlap {read}", f"{_desc(b)} over it")
+
+    def _recur_grid(self, K: str, B: int, H: int) -> tuple[int, int]:
+        if H > _INT32_MAX or B > 65535 * RECUR_TM:
+            _fail(K, "size", f"H < 2^31 and B <= {65535 * RECUR_TM}", f"B = {B}, H = {H}")
+        return (-(-H // RECUR_TN), -(-B // RECUR_TM))
+
+    def recur_forward(self, s_prev, WT, s_next, keep, act: str) -> None:
+        """One forward step in one launch: s_next <- f(s_next + s_prev @ WT), masked rows
+        take s_prev. s_prev, s_next (B, H), s_next holding U x_t + b on entry; WT (H, H)
+        as the engine passes it (W.T, an F-contiguous view; a C-contiguous one works too)."""
+        K = "recur_forward"
+        dt = self._floats(K, s_prev=s_prev, s_next=s_next)
+        if s_prev.ndim != 2:
+            _fail(K, "s_prev", "a 2-D (B, H) array", _desc(s_prev))
+        B, H = s_prev.shape
+        _shape(K, "s_next", s_next, (B, H))
+        sk, sn = self._recur_matrix(K, "WT", WT, H, dt)
+        keep, has_keep = self._keep(K, keep, B, dt)
+        code = _act(K, act)
+        self._disjoint(K, "s_prev", s_prev, {"s_next": s_next})
+        grid = self._recur_grid(K, B, H)
+        if B == 0 or H == 0:
+            return
+        self._kernel("rnn_recur.cu", f"rnn_recur_forward_{_FLOAT[dt]}")(
+            grid, (RECUR_TX, RECUR_TY),
+            (s_prev, WT, sk, sn, s_next, _keep_arg(keep, s_prev), has_keep, np.int32(B),
+             np.int32(H), code))
+
+    def recur_backward(self, dz_next, W, carry, e, s, keep, dz, act: str) -> None:
+        """One step of full BPTT in one launch: c = dz_next @ W + carry + e,
+        dz = c f'(s) keep, carry <- c (1 - keep). dz_next (B, H) or None (first step
+        taken); W (H, H) C- or F-contiguous; carry (B, H) the masked pass-through, needed
+        with a mask only (zeros before the first step); e, s, dz (B, H), dz may be e."""
+        K = "recur_backward"
+        dt = self._floats(K, e=e, s=s, dz=dz)
+        if e.ndim != 2:
+            _fail(K, "e", "a 2-D (B, H) array", _desc(e))
+        B, H = e.shape
+        _shape(K, "s", s, (B, H))
+        _shape(K, "dz", dz, (B, H))
+        sk, sn = self._recur_matrix(K, "W", W, H, dt)
+        keep, has_keep = self._keep(K, keep, B, dt)
+        if keep is not None or carry is not None:
+            if carry is None:
+                _fail(K, "carry", f"a {dt} array of shape ({B}, {H}) with a mask", "None")
+            self._floats(K, e=e, carry=carry)
+            _shape(K, "carry", carry, (B, H))
+        if dz_next is not None:
+            self._floats(K, e=e, dz_next=dz_next)
+            _shape(K, "dz_next", dz_next, (B, H))
+            self._disjoint(K, "dz_next", dz_next, {"dz": dz, "carry": carry})
+        code = _act(K, act)
+        grid = self._recur_grid(K, B, H)
+        if B == 0 or H == 0:
+            return
+        self._kernel("rnn_recur.cu", f"rnn_recur_backward_{_FLOAT[dt]}")(
+            grid, (RECUR_TX, RECUR_TY),
+            (e if dz_next is None else dz_next, np.int32(dz_next is not None), W, sk, sn,
+             dz if carry is None else carry, e, s, _keep_arg(keep, s), has_keep, dz,
+             np.int32(B), np.int32(H), code))
+
+    def recur_trunc_backward(self, dz_prev, W, G, fresh: int, e, s, keep, dz_all, dz_sum,
+                             act: str) -> None:
+        """One step of per-output truncated BPTT for all L streams in one launch: g = e
+        in slot `fresh`, g = dz_prev @ W + G elsewhere; dz_all = g f'(s) keep, dz_sum =
+        its sum over streams, G <- g (1 - keep). dz_prev (L, B, H) or None (first step
+        taken), not overlapping dz_all; G (L, B, H) with a mask only; e, s, dz_sum (B, H),
+        dz_sum may be e; 0 <= fresh < L."""
+        K = "recur_trunc_backward"
+        dt = self._floats(K, e=e, s=s, dz_all=dz_all, dz_sum=dz_sum)
+        if dz_all.ndim != 3 or dz_all.shape[0] == 0:
+            _fail(K, "dz_all", "a 3-D (L, B, H) array with L >= 1", _desc(dz_all))
+        L, B, H = dz_all.shape
+        _shape(K, "e", e, (B, H))
+        _shape(K, "s", s, (B, H))
+        _shape(K, "dz_sum", dz_sum, (B, H))
+        sk, sn = self._recur_matrix(K, "W", W, H, dt)
+        keep, has_keep = self._keep(K, keep, B, dt)
+        if keep is not None or G is not None:
+            if G is None:
+                _fail(K, "G", f"a {dt} array of shape ({L}, {B}, {H}) with a mask", "None")
+            self._floats(K, e=e, G=G)
+            _shape(K, "G", G, (L, B, H))
+        if dz_prev is not None:
+            self._floats(K, e=e, dz_prev=dz_prev)
+            _shape(K, "dz_prev", dz_prev, (L, B, H))
+            self._disjoint(K, "dz_prev", dz_prev, {"dz_all": dz_all, "G": G, "dz_sum": dz_sum})
+        if isinstance(fresh, bool) or not isinstance(fresh, (int, np.integer)) \
+                or not 0 <= fresh < L:
+            _fail(K, "fresh", f"an int slot in [0, {L})", repr(fresh))
+        code = _act(K, act)
+        grid = self._recur_grid(K, B, H)
+        if B == 0 or H == 0:
+            return
+        self._kernel("rnn_recur.cu", f"rnn_recur_trunc_backward_{_FLOAT[dt]}")(
+            grid, (RECUR_TX, RECUR_TY),
+            (dz_all if dz_prev is None else dz_prev, np.int32(dz_prev is not None), W, sk, sn,
+             dz_all if G is None else G, np.int32(fresh), e, s, _keep_arg(keep, s), has_keep,
+             dz_all, dz_sum, np.int32(L), np.int32(B), np.int32(H), code))
