@@ -33,6 +33,12 @@ ELEM_BLOCK = 256  # pointwise kernels
 XENT_BLOCK = 256  # threads per row in the loss kernels
 OUTER_THREADS, OUTER_TN = 16, 16
 BIAS_COLS, BIAS_ROWS = 32, 16
+# bias_grad's rule for splitting rows over the grid: aim at two blocks per SM of a
+# 132-SM H100 (a target from the machine's size, not a measured optimum), chunks of at
+# least BIAS_SPLIT_MIN_ROWS rows (4 per thread row) so the second pass stays small.
+BIAS_TARGET_BLOCKS, BIAS_SPLIT_MIN_ROWS = 264, 64
+XENT_WARP_ROWS, XENT_WARP_ITEMS = 8, 8  # softmax, one warp per row: rows per block, entries
+XENT_WARP_MAX_O = 32 * XENT_WARP_ITEMS  # per lane in registers; the warp version's O range
 RECUR_TM, RECUR_TN, RECUR_TK = 32, 32, 32  # fused recurrent steps: output tile, k slab
 RECUR_TX, RECUR_TY = 16, 8  # and their threads per block (columns, rows)
 _MAX_BLOCKS = 65535  # grid-stride loops cover the rest
@@ -45,7 +51,8 @@ _INT32_MAX = 2**31 - 1
 DEFINES = {
     "rnn_forward.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)),),
     "rnn_backward.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)),),
-    "rnn_xent.cu": (("XENT_BLOCK", str(XENT_BLOCK)),),
+    "rnn_xent.cu": (("XENT_BLOCK", str(XENT_BLOCK)), ("XENT_WARP_ROWS", str(XENT_WARP_ROWS)),
+                    ("XENT_WARP_ITEMS", str(XENT_WARP_ITEMS))),
     "rnn_outer.cu": (("OUTER_TILE", str(OUTER_TILE)), ("OUTER_THREADS", str(OUTER_THREADS)),
                      ("OUTER_TN", str(OUTER_TN))),
     "rnn_embed.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)), ("BIAS_COLS", str(BIAS_COLS)),
@@ -226,7 +233,19 @@ class CudaOps:
     def softmax_xent(self, logits, y, keep, loss) -> None:
         """Softmax + cross-entropy in one kernel: logits (N, O) <- softmax - onehot(y)
         (times keep), loss (N,) <- logsumexp - z_y (times keep). y: (N,) int ids (not
-        range-checked here: an id outside [0, O) gives a NaN loss)."""
+        range-checked here: an id outside [0, O) gives a NaN loss).
+
+        The version follows the shape: one warp per row (:meth:`softmax_xent_warp`) when
+        the row fits the warp's registers, O <= 32 * XENT_WARP_ITEMS (read once, one exp
+        per entry, XENT_WARP_ROWS rows per block); one block per row
+        (:meth:`softmax_xent_fused`) otherwise. A rule on the shape, not a timing."""
+        if getattr(logits, "ndim", 0) == 2 and logits.shape[1] <= XENT_WARP_MAX_O:
+            self.softmax_xent_warp(logits, y, keep, loss)
+        else:
+            self.softmax_xent_fused(logits, y, keep, loss)
+
+    def softmax_xent_fused(self, logits, y, keep, loss) -> None:
+        """softmax_xent with one XENT_BLOCK-thread block per row (any O)."""
         K = "softmax_xent"
         dt, N, O, keep, has_keep = self._loss_args(K, logits, keep, loss)
         y = self._ids(K, "y", y, N)
@@ -237,6 +256,22 @@ class CudaOps:
         self._kernel("rnn_xent.cu", f"rnn_softmax_xent_{_FLOAT[dt]}_{_INT[y.dtype]}")(
             (N,), (XENT_BLOCK,),
             (logits, y, _keep_arg(keep, loss), has_keep, loss, np.int32(O)))
+
+    def softmax_xent_warp(self, logits, y, keep, loss) -> None:
+        """softmax_xent with one warp per row, XENT_WARP_ROWS rows per block (any O; rows
+        of O <= 32 * XENT_WARP_ITEMS stay in registers)."""
+        K = "softmax_xent"
+        dt, N, O, keep, has_keep = self._loss_args(K, logits, keep, loss)
+        y = self._ids(K, "y", y, N)
+        if N > _INT32_MAX:
+            _fail(K, "logits", "fewer than 2^31 rows", _desc(logits))
+        if N == 0:
+            return
+        if O == 0:
+            _fail(K, "logits", "at least one column", _desc(logits))
+        self._kernel("rnn_xent.cu", f"rnn_softmax_xent_warp_{_FLOAT[dt]}_{_INT[y.dtype]}")(
+            (-(-N // XENT_WARP_ROWS),), (32 * XENT_WARP_ROWS,),
+            (logits, y, _keep_arg(keep, loss), has_keep, loss, np.int32(N), np.int32(O)))
 
     def _dense_loss(self, K: str, name: str, logits, d, keep, loss) -> None:
         dt, N, O, keep, has_keep = self._loss_args(K, logits, keep, loss)
@@ -294,9 +329,7 @@ class CudaOps:
         self._kernel("rnn_embed.cu", f"rnn_embed_scatter_add_{_FLOAT[dt]}_{_INT[ids.dtype]}")(
             (_blocks(n, ELEM_BLOCK),), (ELEM_BLOCK,), (dUT, ids, dz, np.int64(n), np.int32(H)))
 
-    def bias_grad(self, dz, out) -> None:
-        """out (H,) = dz (N, H) summed over rows (fixed order: deterministic)."""
-        K = "bias_grad"
+    def _bias_args(self, K: str, dz, out):
         dt = self._floats(K, dz=dz, out=out)
         if dz.ndim != 2:
             _fail(K, "dz", "a 2-D (N, H) array", _desc(dz))
@@ -304,10 +337,60 @@ class CudaOps:
         _shape(K, "out", out, (H,))
         if N > _INT32_MAX or H > _INT32_MAX:
             _fail(K, "dz", "fewer than 2^31 rows and columns", _desc(dz))
+        return dt, N, H
+
+    def bias_grad(self, dz, out) -> None:
+        """out (H,) = dz (N, H) summed over rows (fixed order: deterministic).
+
+        The version follows the shape: when one block per BIAS_COLS columns would give
+        fewer than BIAS_TARGET_BLOCKS blocks and there are at least 2 * BIAS_SPLIT_MIN_ROWS
+        rows, the rows are split over the grid too (:meth:`bias_grad_split`); otherwise
+        :meth:`bias_grad_colsum`. A rule on the shape, not a timing; each shape always
+        takes the same version, so a run's sums are reproducible."""
+        N, H = dz.shape if getattr(dz, "ndim", 0) == 2 else (0, 0)
+        if -(-H // BIAS_COLS) < BIAS_TARGET_BLOCKS and N >= 2 * BIAS_SPLIT_MIN_ROWS:
+            self.bias_grad_split(dz, out)
+        else:
+            self.bias_grad_colsum(dz, out)
+
+    def bias_grad_colsum(self, dz, out) -> None:
+        """out (H,) = dz (N, H) summed over rows: one block per BIAS_COLS columns."""
+        K = "bias_grad"
+        dt, N, H = self._bias_args(K, dz, out)
         if H == 0:
             return
         self._kernel("rnn_embed.cu", f"rnn_bias_grad_{_FLOAT[dt]}")(
             (-(-H // BIAS_COLS),), (BIAS_COLS, BIAS_ROWS), (dz, out, np.int32(N), np.int32(H)))
+
+    def bias_grad_split(self, dz, out) -> None:
+        """out (H,) = dz (N, H) summed over rows in two passes: S row chunks of at least
+        BIAS_SPLIT_MIN_ROWS rows (at least 2 chunks, enough for about BIAS_TARGET_BLOCKS
+        blocks) summed into a scratch (S, H) kept per shape, then the S partial sums of
+        each column in order."""
+        K = "bias_grad"
+        dt, N, H = self._bias_args(K, dz, out)
+        if H == 0:
+            return
+        cols = -(-H // BIAS_COLS)
+        S = max(2, min(-(-N // BIAS_SPLIT_MIN_ROWS), -(-BIAS_TARGET_BLOCKS // cols)))
+        chunk = max(1, -(-N // S))
+        S = max(1, -(-N // chunk))  # no empty chunk
+        partial = self._scratch(("bias_grad", S, H), (S, H), dt)
+        self._kernel("rnn_embed.cu", f"rnn_bias_grad_split_{_FLOAT[dt]}")(
+            (cols, S), (BIAS_COLS, BIAS_ROWS),
+            (dz, partial, np.int32(N), np.int32(H), np.int32(chunk)))
+        self._kernel("rnn_embed.cu", f"rnn_bias_grad_finish_{_FLOAT[dt]}")(
+            (_blocks(H, ELEM_BLOCK),), (ELEM_BLOCK,), (partial, out, np.int32(S), np.int32(H)))
+
+    def _scratch(self, key: tuple, shape: tuple, dtype):
+        """A device buffer kept per key: made at the first call for a shape (the eager
+        warm-up before a CUDA Graph capture), reused after, never allocated in a replay."""
+        bufs = self.__dict__.setdefault("_scratch_buffers", {})
+        key = key + (np.dtype(dtype).char,)
+        buf = bufs.get(key)
+        if buf is None:
+            buf = bufs[key] = self.xp.empty(shape, dtype=dtype)
+        return buf
 
     # ---------------------------------------------------------------------------------
     # GEMM and the outer-product accumulation (tiled kernel, cuBLAS, per-shape choice)

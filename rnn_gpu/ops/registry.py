@@ -138,8 +138,9 @@ _register(KernelSpec(
 _register(KernelSpec(
     "softmax_xent", "rnn_xent.cu", softmax_xent, _mk_xent, (0, 3),
     flops=lambda z: 0.0, nbytes=lambda z: 2 * z["N"] * z["O"] * _F, sizes=_NO,
-    cuda_versions=_FUSED("softmax_xent"),
-    doc="max, log-sum-exp, loss and softmax - onehot in place, one pass per row"))
+    cuda_versions={"fused": "softmax_xent_fused", "warp": "softmax_xent_warp"},
+    doc="max, log-sum-exp, loss and softmax - onehot in place: a block per row, or a warp "
+        "per row for a small O (the launcher chooses by O)"))
 _register(KernelSpec(
     "sigmoid_bce", "rnn_xent.cu", sigmoid_bce, _mk_dense_target, (0, 3),
     flops=lambda z: 0.0, nbytes=lambda z: 3 * z["N"] * z["O"] * _F, sizes=_NO,
@@ -173,8 +174,9 @@ _register(KernelSpec(
     "bias_grad", "rnn_embed.cu", bias_grad, _mk_bias, (1,),
     flops=lambda z: z["N"] * z["H"], nbytes=lambda z: z["N"] * z["H"] * _F,
     sizes={"quick": {"N": 301, "H": 257}, "full": {"N": 3200, "H": 1024}},
-    cuda_versions={"colsum": "bias_grad"},
-    doc="bias gradient: column sums of the errors"))
+    cuda_versions={"colsum": "bias_grad_colsum", "split": "bias_grad_split"},
+    doc="bias gradient: column sums of the errors (rows also split over the grid for a "
+        "small H; the launcher chooses by shape)"))
 
 
 # -------------------------------------------------------------------------------------
