@@ -12,8 +12,8 @@ kernel loader (:class:`rnn_gpu.cuda.compile.RawModuleLoader`, or the tests' emul
 a GEMM object (:class:`rnn_gpu.cuda.blas.CublasGemm`). GEMMs go straight to cuBLAS so
 that they can accumulate (beta = 1) and never allocate.
 
-Environment: ``RNN_GPU_OUTER=cublas|tiled`` forces the outer-product version (tests,
-benchmarks); read at each call.
+Environment: ``RNN_GPU_OUTER=cublas|tiled`` forces the outer-product version and
+``RNN_GPU_RECUR=gemm|fused`` the recurrence (tests, benchmarks); read at each call.
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ RECUR_TX, RECUR_TY = 16, 8  # and their threads per block (columns, rows)
 _MAX_BLOCKS = 65535  # grid-stride loops cover the rest
 
 _ACT = {"tanh": 0, "sigmoid": 1, "relu": 2}
+RECURRENCES = ("gemm", "fused")
 _FLOAT = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _INT = {np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
 _INT32_MAX = 2**31 - 1
@@ -104,6 +105,7 @@ class CudaOps:
         self.loader = loader
         self.blas = blas
         self.outer = OuterChoice()
+        self._recur_choice: dict[tuple, str] = {}
 
     def __repr__(self) -> str:
         return f"CudaOps({getattr(self.xp, '__name__', self.xp)!r})"
@@ -442,20 +444,25 @@ class CudaOps:
         """The version chosen for a shape so far (None if it has not been timed)."""
         return self.outer.get((N, M, K, np.dtype(dtype).char, self.blas.tf32))
 
-    def _time_outer(self, name: str, dW, a, b, reps: int = 3) -> float:
-        fn = getattr(self, f"outer_accum_{name}")
-        fn(dW, a, b, False)  # warm-up (compiles the kernel on first use)
+    def _time(self, fn, reps: int = 3) -> float:
+        """Median milliseconds of fn() on the current stream, after one warm-up call (which
+        compiles the kernels on first use)."""
+        fn()
         cuda = self.xp.cuda
         stream = cuda.get_current_stream()
         times = []
         for _ in range(reps):
             start, stop = cuda.Event(), cuda.Event()
             start.record(stream)
-            fn(dW, a, b, False)
+            fn()
             stop.record(stream)
             stop.synchronize()
             times.append(cuda.get_elapsed_time(start, stop))
         return sorted(times)[len(times) // 2]
+
+    def _time_outer(self, name: str, dW, a, b) -> float:
+        fn = getattr(self, f"outer_accum_{name}")
+        return self._time(lambda: fn(dW, a, b, False))
 
     def outer_accum(self, dW, a, b, accumulate: bool) -> None:
         """dW (M, K) (+)= a (N, M)^T b (N, K): the tiled kernel or cuBLAS, whichever
@@ -612,3 +619,39 @@ class CudaOps:
             (dz_all if dz_prev is None else dz_prev, np.int32(dz_prev is not None), W, sk, sn,
              dz_all if G is None else G, np.int32(fresh), e, s, _keep_arg(keep, s), has_keep,
              dz_all, dz_sum, np.int32(L), np.int32(B), np.int32(H), code))
+
+    # ---------------------------------------------------------------------------------
+    # The recurrence: a cuBLAS GEMM plus a fused pointwise kernel per step ("gemm"), or
+    # one fused recurrent-step kernel ("fused"), whichever measured faster per shape
+
+    def recurrence(self, B: int, H: int, dtype) -> str:
+        """"gemm" or "fused" for the per-step recurrence at (B, H, dtype): timed once per
+        shape (a forward step each way), then cached. ``RNN_GPU_RECUR=gemm|fused`` forces
+        one. During a capture an untimed shape takes "fused" (no timing there), as does a
+        capture whose GEMMs would go through CuPy's binding."""
+        forced = os.environ.get("RNN_GPU_RECUR", "").strip().lower()
+        if forced:
+            if forced not in RECURRENCES:
+                raise ValueError(f"RNN_GPU_RECUR: expected gemm or fused, got {forced!r}")
+            return forced
+        key = (int(B), int(H), np.dtype(dtype).char, self.blas.tf32)
+        name = self._recur_choice.get(key)
+        if name is not None:
+            return name
+        if self.xp.cuda.get_current_stream().is_capturing():
+            return "fused"
+        dt = np.dtype(dtype)
+        xp = self.xp
+        s_prev = xp.zeros((B, H), dtype=dt)
+        s_next = xp.zeros((B, H), dtype=dt)
+        W = xp.zeros((H, H), dtype=dt)
+
+        def gemm_step():
+            self.blas.gemm(s_prev, W.T, s_next, 1.0)
+            self.act_forward(s_next, s_prev, None, "tanh")
+
+        t = {"gemm": self._time(gemm_step),
+             "fused": self._time(lambda: self.recur_forward(s_prev, W.T, s_next, None, "tanh"))}
+        name = min(t, key=t.get)
+        self._recur_choice[key] = name
+        return name

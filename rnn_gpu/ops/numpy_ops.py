@@ -241,46 +241,6 @@ def bias_grad(dz, out) -> None:
 
 
 # -------------------------------------------------------------------------------------
-# GEMM
-
-
-class NumpyOps:
-    """The kernel set of the NumPy backend: the twins above, and a GEMM with the CUDA
-    side's contract (``C <- A @ B + beta C``, no allocation on the hot path)."""
-
-    name = "numpy"
-    act_forward = staticmethod(act_forward)
-    delta_step = staticmethod(delta_step)
-    trunc_delta_step = staticmethod(trunc_delta_step)
-    softmax_xent = staticmethod(softmax_xent)
-    sigmoid_bce = staticmethod(sigmoid_bce)
-    squared_error = staticmethod(squared_error)
-    outer_accum = staticmethod(outer_accum)
-    embed_gather = staticmethod(embed_gather)
-    embed_scatter_add = staticmethod(embed_scatter_add)
-    bias_grad = staticmethod(bias_grad)
-
-    def __init__(self):
-        self._scratch: dict[tuple, np.ndarray] = {}
-
-    def gemm(self, A, B, C, beta: float) -> None:
-        """C (m, n) <- A (m, k) @ B (k, n) + beta C, beta 0 or 1 (A, B may be transposed
-        views). With beta = 1 the product goes through a scratch buffer kept per shape."""
-        if not beta:
-            np.matmul(A, B, out=C)
-            return
-        key = (C.shape, C.dtype.char)
-        tmp = self._scratch.get(key)
-        if tmp is None:
-            tmp = self._scratch[key] = np.empty(C.shape, C.dtype)
-        np.matmul(A, B, out=tmp)
-        C += tmp
-
-    def __repr__(self) -> str:
-        return "NumpyOps()"
-
-
-# -------------------------------------------------------------------------------------
 # Fused recurrent steps: a step's recurrent product and its pointwise update as one
 # operation (one launch per step on the GPU, kernels/rnn_recur.cu)
 
@@ -346,3 +306,51 @@ def recur_trunc_backward(dz_prev, W, G, fresh: int, e, s, keep, dz_all, dz_sum,
     np.sum(dz_all, axis=0, out=dz_sum)
     if keep is not None:
         np.multiply(g, (1.0 - keep)[:, None], out=G)
+
+
+# -------------------------------------------------------------------------------------
+# The kernel set
+
+
+class NumpyOps:
+    """The kernel set of the NumPy backend: the twins above, and a GEMM with the CUDA
+    side's contract (``C <- A @ B + beta C``, no allocation on the hot path)."""
+
+    name = "numpy"
+    act_forward = staticmethod(act_forward)
+    delta_step = staticmethod(delta_step)
+    trunc_delta_step = staticmethod(trunc_delta_step)
+    softmax_xent = staticmethod(softmax_xent)
+    sigmoid_bce = staticmethod(sigmoid_bce)
+    squared_error = staticmethod(squared_error)
+    outer_accum = staticmethod(outer_accum)
+    embed_gather = staticmethod(embed_gather)
+    embed_scatter_add = staticmethod(embed_scatter_add)
+    bias_grad = staticmethod(bias_grad)
+    recur_forward = staticmethod(recur_forward)
+    recur_backward = staticmethod(recur_backward)
+    recur_trunc_backward = staticmethod(recur_trunc_backward)
+
+    def __init__(self):
+        self._scratch: dict[tuple, np.ndarray] = {}
+
+    @staticmethod
+    def recurrence(B: int, H: int, dtype) -> str:
+        """The per-step recurrence on the CPU: NumPy's GEMM plus the pointwise twin."""
+        return "gemm"
+
+    def gemm(self, A, B, C, beta: float) -> None:
+        """C (m, n) <- A (m, k) @ B (k, n) + beta C, beta 0 or 1 (A, B may be transposed
+        views). With beta = 1 the product goes through a scratch buffer kept per shape."""
+        if not beta:
+            np.matmul(A, B, out=C)
+            return
+        key = (C.shape, C.dtype.char)
+        tmp = self._scratch.get(key)
+        if tmp is None:
+            tmp = self._scratch[key] = np.empty(C.shape, C.dtype)
+        np.matmul(A, B, out=tmp)
+        C += tmp
+
+    def __repr__(self) -> str:
+        return "NumpyOps()"
