@@ -147,6 +147,24 @@ def check_adaptive(output: str, cutoffs, div_value, n_classes: int,
     return spec
 
 
+def default_cutoffs(n_classes: int, features: int | None = None,
+                    div_value: float = DEFAULT_DIV_VALUE) -> tuple[int, ...]:
+    """Cutoffs for a vocabulary of `n_classes` ids sorted by frequency: every one of
+    2,000, 10,000 and 50,000 (the usual word-level shortlist and cluster edges) that lies
+    below n_classes, or, for a vocabulary of at most 2,000 ids, one cutoff at a quarter of
+    it (char-level vocabularies gain nothing from a tail; this is only a valid choice).
+    With `features` given, clusters whose projection would have no feature
+    (features // div_value^(i+1) = 0) are dropped from the end."""
+    n = int(n_classes)
+    if n < 2:
+        raise ValueError(f"n_classes: expected at least 2 classes for cutoffs, got {n_classes!r}")
+    cuts = tuple(c for c in (2000, 10000, 50000) if c < n) or (max(1, n // 4),)
+    if features is not None:
+        while len(cuts) > 1 and int(features // div_value ** len(cuts)) < 1:
+            cuts = cuts[:-1]
+    return cuts
+
+
 # -------------------------------------------------------------------------------------
 # The reference: float64, one token at a time, the formula as written
 

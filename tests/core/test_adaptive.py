@@ -238,3 +238,19 @@ def test_spec_from_params_recovers_the_cutoffs():
     shapes = spec.param_shapes()
     got = AdaptiveSpec.from_params({k: np.zeros(s) for k, s in shapes.items()})
     assert got.cutoffs == spec.cutoffs and got.n_classes == 23 and got.features == 16
+
+
+def test_default_cutoffs():
+    from rnn_gpu.heads import default_cutoffs  # noqa: PLC0415
+
+    assert default_cutoffs(30_000) == (2000, 10000)
+    assert default_cutoffs(13_800) == (2000, 10000)
+    assert default_cutoffs(10_000) == (2000,)
+    assert default_cutoffs(267_735) == (2000, 10000, 50000)
+    assert default_cutoffs(65) == (16,)
+    assert default_cutoffs(30_000, features=8) == (2000,)  # 8 // 4^2 = 0: one cluster
+    for n in (2, 3, 65, 2000, 2001, 10_001):  # always valid arguments for the model
+        rnn_gpu.RNN(3, 8, n, backend="numpy", output="adaptive",
+                    cutoffs=default_cutoffs(n, features=8))
+    with pytest.raises(ValueError, match="n_classes"):
+        default_cutoffs(1)
