@@ -35,10 +35,19 @@ def _threads_from_argv(argv) -> int:
     return 2
 
 
-# BLAS reads its thread count when NumPy is first imported: set it before that.
-_THREADS = _threads_from_argv(sys.argv[1:])
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = str(_THREADS)
+def limit_threads(n: int) -> None:
+    """n threads for everyone: BLAS's count (read when NumPy is first imported, so this
+    runs before that), and the process pinned to n cores (NumPy's row-parallel loss
+    kernels and PyTorch's pool then use no more)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, set(cores[:max(1, n)]))
+
+
+if __name__ == "__main__":
+    limit_threads(_threads_from_argv(sys.argv[1:]))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -128,7 +137,7 @@ class TorchModel:
         out, _ = self.rnn(self.emb(x))  # (T, B, H)
         loss = -self.head(out.reshape(-1, out.shape[-1]), y.reshape(-1)).output.sum()
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
 
 def row(name, times, tokens, flops, **extra) -> dict:

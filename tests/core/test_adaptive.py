@@ -254,3 +254,47 @@ def test_default_cutoffs():
                     cutoffs=default_cutoffs(n, features=8))
     with pytest.raises(ValueError, match="n_classes"):
         default_cutoffs(1)
+
+
+def head_case(n_clusters, F=24, O=23, N=37, seed=4):
+    """Features (N, F) of any width (D*H after stacking), ids, float loss weights."""
+    from rnn_gpu.heads import check_adaptive  # noqa: PLC0415
+
+    spec = check_adaptive("adaptive", CUTOFFS[n_clusters], 2.0, O, F)
+    rng = np.random.default_rng(seed)
+    p = {k: rng.uniform(-0.7, 0.7, s) for k, s in spec.param_shapes().items()}
+    S = rng.uniform(-1, 1, (N, F))
+    y = np.minimum((O * rng.random(N) ** 2).astype(np.int64), O - 1)
+    w = rng.uniform(0, 2, N) * (rng.random(N) > 0.2)  # loss weights, some zero
+    return spec, p, S, y, w
+
+
+def run_head(head, p, S, y, w, xp=np):
+    N, F = S.shape
+    dt = head.dtype
+    dev = {k: xp.asarray(v.astype(dt)) for k, v in p.items()}
+    loss, dS = xp.empty(N, dtype=dt), xp.empty((N, F), dtype=dt)
+    grads = {k: xp.empty(v.shape, dtype=dt) for k, v in p.items()}
+    head.run(dev, xp.asarray(S.astype(dt)), xp.asarray(y), xp.asarray(w.astype(dt)), loss,
+             dS, grads)
+    return loss, dS, grads
+
+
+@pytest.mark.parametrize("row_bound", ["count", "padded"])
+@pytest.mark.parametrize("n_clusters", [1, 2, 3])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_head_on_any_features_with_float_weights(n_clusters, dtype, row_bound):
+    from rnn_gpu.heads import AdaptiveHead  # noqa: PLC0415
+    from rnn_gpu.heads.adaptive import reference_output  # noqa: PLC0415
+    from rnn_gpu.ops import NumpyOps  # noqa: PLC0415
+
+    spec, p, S, y, w = head_case(n_clusters)
+    rg = {k: np.zeros_like(v) for k, v in p.items()}
+    rl, rdS = reference_output(p, S, y, w, rg)
+    head = AdaptiveHead(spec, np, NumpyOps(), dtype, row_bound)
+    loss, dS, grads = run_head(head, p, S, y, w)
+    tol = TOL[dtype]
+    assert rel_err(loss, rl * w) < tol
+    assert rel_err(dS, rdS) < tol
+    for k in rg:
+        assert rel_err(grads[k], rg[k]) < tol, k

@@ -126,3 +126,23 @@ def test_adaptive_graph_replay_equals_eager(masked):
             assert rel_err(to_numpy(grads[k]), want[1][k]) < 1e-5, k
     assert step.replays == 2
     assert step.capture_allocations == 0, "the captured step allocated device memory"
+
+
+@pytest.mark.parametrize("row_bound", ["count", "padded"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cuda_head_on_any_features_with_float_weights(device, dtype, row_bound):
+    from rnn_gpu.heads import AdaptiveHead  # noqa: PLC0415
+    from rnn_gpu.heads.adaptive import reference_output  # noqa: PLC0415
+
+    from ..core.test_adaptive import head_case, run_head  # noqa: PLC0415
+
+    spec, p, S, y, w = head_case(3)
+    rg = {k: np.zeros_like(v) for k, v in p.items()}
+    rl, rdS = reference_output(p, S, y, w, rg)
+    head = AdaptiveHead(spec, device.cp, device.ops, dtype, row_bound)
+    loss, dS, grads = run_head(head, p, S, y, w, xp=device.cp)
+    tol = TOL[dtype]
+    assert rel_err(to_numpy(loss), rl * w) < tol
+    assert rel_err(to_numpy(dS), rdS) < tol
+    for k in rg:
+        assert rel_err(to_numpy(grads[k]), rg[k]) < tol, k
