@@ -140,6 +140,21 @@ class RNN:
             m.load_params(params)
         return m
 
+    @staticmethod
+    def config_param_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+        """The parameter names and shapes a model of `config` (:attr:`config`) has, without
+        building it: U, W, V, b, c, and for output="adaptive" the head's V, c and tails."""
+        try:
+            I, H, O = (int(config[k]) for k in ("input_size", "hidden_size", "output_size"))
+        except KeyError as e:
+            raise ValueError(f"config: missing {e.args[0]!r}") from None
+        shapes = param_shapes(I, H, O)
+        spec = check_adaptive(config.get("output", "softmax"), config.get("cutoffs"),
+                              config.get("div_value", DEFAULT_DIV_VALUE), O, H)
+        if spec is not None:
+            shapes.update(spec.param_shapes())
+        return shapes
+
     def __repr__(self) -> str:
         extra = "" if self.adaptive is None else (
             f", cutoffs={self.adaptive.cutoffs}, div_value={self.adaptive.div_value}")

@@ -298,3 +298,14 @@ def test_head_on_any_features_with_float_weights(n_clusters, dtype, row_bound):
     assert rel_err(dS, rdS) < tol
     for k in rg:
         assert rel_err(grads[k], rg[k]) < tol, k
+
+
+def test_config_param_shapes_without_building():
+    m = adaptive_model(2)
+    got = rnn_gpu.RNN.config_param_shapes(m.config)
+    assert got == {k: v.shape for k, v in m.params.items()}
+    plain = rnn_gpu.RNN(*SIZES, backend="numpy")
+    assert rnn_gpu.RNN.config_param_shapes(plain.config) == {
+        k: v.shape for k, v in plain.params.items()}
+    with pytest.raises(ValueError, match="config: missing 'hidden_size'"):
+        rnn_gpu.RNN.config_param_shapes({"input_size": 3, "output_size": 4})
