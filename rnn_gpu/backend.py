@@ -24,6 +24,7 @@ import numpy as np
 from .cuda.blas import CublasGemm
 from .cuda.compile import RawModuleLoader, kernel_dir, kernel_source, module_source, nvrtc_options
 from .cuda.compile import raw_module as _raw_module
+from .cuda.cublas_capi import load_capi
 from .cuda.launchers import CudaOps
 from .machine import machine_info
 from .ops.numpy_ops import NumpyOps
@@ -149,7 +150,10 @@ def _cupy_backend() -> Backend:
         raise RuntimeError(f"backend 'cupy' is not usable: {why}. To fix: {_FIX_HINT}.")
     from cupy.cuda import cublas  # noqa: PLC0415 - the probe has imported it already
 
-    return cuda_backend(cp, cublas, device)
+    capi = load_capi()  # the capturable binding, on the library CuPy just loaded
+    if capi is None:
+        log.info("rnn_gpu: cuBLAS's C API not found; GEMMs go through CuPy (no CUDA Graphs)")
+    return cuda_backend(cp, cublas if capi is None else capi, device)
 
 
 def get_backend(name: str | Backend | None = "auto") -> Backend:

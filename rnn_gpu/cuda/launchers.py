@@ -99,6 +99,15 @@ class CudaOps:
     def __repr__(self) -> str:
         return f"CudaOps({getattr(self.xp, '__name__', self.xp)!r})"
 
+    @property
+    def capturable(self) -> bool:
+        """Whether a whole step on this kernel set can be captured as a CUDA Graph."""
+        return self.blas.capturable
+
+    def prepare_capture(self) -> None:
+        """Make ready for a capture (cuBLAS's workspace); RuntimeError if impossible."""
+        self.blas.prepare_capture()
+
     def _kernel(self, filename: str, name: str):
         return self.loader(filename, DEFINES[filename], name)
 
