@@ -34,8 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import to_numpy
-
 DEFAULT_DIV_VALUE = 4.0
 
 
@@ -311,7 +309,9 @@ class AdaptiveHead:
             ops.bias_grad(HL, grads["c"])
             ops.gemm(HL, V, dS, 0.0)
         padded = self._padded()
-        counts = None if padded else to_numpy(buf.counts)
+        counts = None
+        if not padded:  # a device-to-host read (cupy's .get(): a sync, never in a capture)
+            counts = buf.counts.get() if self.ops.name == "cuda" else buf.counts
         for i in range(spec.n_clusters):
             R = N if padded else int(counts[i])
             P, Out = params[f"tail{i}_proj"], params[f"tail{i}_out"]
