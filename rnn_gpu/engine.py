@@ -87,6 +87,7 @@ class Workspace:
         if L:
             self.G = e(L, B, H)
             self.dz_all = e(L, B, H)
+            self.dz_all2 = e(L, B, H)  # the fused truncated step alternates two buffers
 
 
 class Engine:
@@ -131,6 +132,17 @@ class Engine:
             self._workspaces.move_to_end(key)
         return ws
 
+    def buffer_bytes(self) -> int:
+        """Bytes this engine keeps between calls: gradient buffers and workspaces."""
+        total = sum(int(g.nbytes) for g in self.grads.values())
+        for ws in self._workspaces.values():
+            total += sum(int(v.nbytes) for v in vars(ws).values() if hasattr(v, "nbytes"))
+        return total
+
+    def release_workspaces(self) -> None:
+        """Drop the workspaces (made again on the next call)."""
+        self._workspaces.clear()
+
     def forward_states(self, ws: Workspace, params, x, h0, keep) -> None:
         """States into ws.S: S[0] = h0 (zeros for None), S[t+1] after step t."""
         xp, ops = self.xp, self.ops
@@ -155,8 +167,13 @@ class Engine:
         else:
             xp.copyto(S[0], h0)
         WT = W.T
+        fused = ops.recurrence(B, H, self.dtype) == "fused"
         for t in range(T):
-            forward_step(ops, S[t], WT, S[t + 1], None if keep is None else keep[t], self.act)
+            k = None if keep is None else keep[t]
+            if fused:  # one kernel: the product and the activation
+                ops.recur_forward(S[t], WT, S[t + 1], k, self.act)
+            else:
+                forward_step(ops, S[t], WT, S[t + 1], k, self.act)
 
     def output_layer(self, ws: Workspace, params, y, keep, drop=None,
                      backward: bool = True) -> None:
@@ -206,7 +223,9 @@ class Engine:
             E *= drop  # through the dropout multipliers
 
         L = live_streams(T, truncate)
-        if not L:  # full BPTT: one carried error
+        if ops.recurrence(B, H, self.dtype) == "fused":
+            self._backward_fused(ws, W, T, keep, L)
+        elif not L:  # full BPTT: one carried error
             carry = ws.carry
             carry.fill(0)
             for t in range(T - 1, -1, -1):
@@ -229,6 +248,30 @@ class Engine:
             ops.embed_scatter_add(dUT, x.reshape(N), DZ)
         else:
             ops.outer_accum(dUT, x.reshape(N, -1), DZ, False)  # dU^T = sum_t x_t dz_t^T
+
+    def _backward_fused(self, ws: Workspace, W, T: int, keep, L: int) -> None:
+        """The recursion with one fused recurrent-step kernel per step: each step's product
+        with W and its delta update in one launch. E[t] holds e_t on entry, dz_t on exit.
+        The carry (and G) hold only what passes through masked steps."""
+        ops, S, E = self.ops, ws.S, ws.E
+        if not L:
+            carry = None
+            if keep is not None:
+                carry = ws.carry
+                carry.fill(0)
+            for t in range(T - 1, -1, -1):
+                ops.recur_backward(E[t + 1] if t < T - 1 else None, W, carry, E[t], S[t + 1],
+                                   None if keep is None else keep[t], E[t], self.act)
+            return
+        G = None
+        if keep is not None:
+            G = ws.G
+            G.fill(0)
+        bufs = (ws.dz_all, ws.dz_all2)
+        for j in range(T - 1, -1, -1):  # slot j % L starts output j's stream (e_j)
+            ops.recur_trunc_backward(bufs[(j + 1) % 2] if j < T - 1 else None, W, G, j % L,
+                                     E[j], S[j + 1], None if keep is None else keep[j],
+                                     bufs[j % 2], E[j], self.act)
 
     def run_step(self, ws: Workspace, params, x, y, h0, keep, truncate, drop=None) -> None:
         """The whole training step on device arrays, with no host read: states, loss per

@@ -63,10 +63,11 @@ def _assert_same(got, want, what):
 
 
 @pytest.mark.parametrize("i,config", list(enumerate(CONFIGS)), ids=lambda v: str(v))
-def test_replay_equals_eager(device, i, config):
+def test_replay_equals_eager(device, i, config, monkeypatch):
     from rnn_gpu.cuda.graph import GraphedStep
 
     act, out, trunc, dense, masked, with_h0 = config
+    monkeypatch.setenv("RNN_GPU_RECUR", ("fused", "gemm")[(i // 2) % 2])  # both recurrences
     dtype = ("float64", "float32")[i % 2]
     drop = i % 3 == 0
     m = randomize(cuda_model(device, *SIZES, dtype=dtype, hidden_activation=act, output=out),

@@ -19,7 +19,13 @@ def _plain(x):
 
 
 def _device(x):
-    return x.view(DeviceArray) if type(x) is np.ndarray else x
+    """A result as the device holds it: arrays and scalars (a reduction's 0-d result, as
+    CuPy returns it) are device arrays; reading one back is a host read."""
+    if type(x) is np.ndarray:
+        return x.view(DeviceArray)
+    if isinstance(x, np.generic):
+        return np.asarray(x).view(DeviceArray)
+    return x
 
 
 class DeviceArray(np.ndarray):
