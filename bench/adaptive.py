@@ -211,6 +211,8 @@ def main(argv=None) -> int:
             rows.append(row(f"torch {torch.__version__} cpu adaptive", t, T * B,
                             output_flops(adapt, y)))
 
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    print(f"# machine load average over the last minute: {load} on {os.cpu_count()} cores")
     print(f"{'contender':<34} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'tokens/s':>10} "
           f"{'out GFLOP/s':>11}")
     for r in rows:
@@ -225,7 +227,8 @@ def main(argv=None) -> int:
             for r in rows:
                 f.write(json.dumps({**r, "V": V, "H": H, "T": T, "B": B, "cutoffs": cutoffs,
                                     "div_value": a.div_value, "zipf": a.zipf,
-                                    "threads": a.threads}) + "\n")
+                                    "threads": a.threads, "cores": os.cpu_count(),
+                                    "load_avg_1m": load}) + "\n")
     return 0
 
 
