@@ -13,6 +13,10 @@ backward) and the composite steps built on ``ops.gemm`` (:func:`forward_step`,
 CUDA Graph (:class:`rnn_gpu.cuda.graph.GraphedStep`) both run :meth:`Engine.run_step`.
 The kernels come from the backend: ``backend.ops`` (:mod:`rnn_gpu.ops`).
 
+With ``output="adaptive"`` the output layer is :class:`rnn_gpu.heads.AdaptiveHead`: it
+writes the loss per token, the output errors (into the workspace's E) and the head's
+gradients in one call, and no (N, O) logits exist.
+
 Buffers live in a workspace per input shape, allocated once and reused across calls.
 """
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from .heads.adaptive import AdaptiveHead, AdaptiveSpec
 from .reference import param_shapes
 
 if TYPE_CHECKING:
@@ -89,7 +94,7 @@ class Engine:
     """Runs forward and backward for one model's sizes, activation and output."""
 
     def __init__(self, backend: Backend, dtype, sizes: tuple[int, int, int],
-                 hidden_activation: str, output: str):
+                 hidden_activation: str, output: str, adaptive: AdaptiveSpec | None = None):
         self.backend = backend
         self.xp = backend.xp
         self.ops = backend.ops
@@ -99,7 +104,12 @@ class Engine:
         self.output = output
         self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
         xp = self.xp
-        self.grads = {k: xp.empty(shape, dtype=dtype) for k, shape in param_shapes(*sizes).items()}
+        shapes = param_shapes(*sizes)
+        self.head = None  # the adaptive softmax, for output == "adaptive"
+        if output == "adaptive":
+            shapes.update(adaptive.param_shapes())
+            self.head = AdaptiveHead(adaptive, xp, self.ops, dtype)
+        self.grads = {k: xp.empty(shape, dtype=dtype) for k, shape in shapes.items()}
         # dU is stored transposed, (I, H) C-contiguous, like the model's U: the token
         # scatter-add then writes whole rows, and no transpose is ever copied.
         self.grads["U"] = xp.empty(self.grads["U"].shape[::-1], dtype=dtype).T
@@ -113,7 +123,8 @@ class Engine:
         key = (T, B, dense, L, masked)
         ws = self._workspaces.get(key)
         if ws is None:
-            ws = Workspace(self.xp, self.dtype, T, B, self.sizes, L)
+            I, H, O = self.sizes
+            ws = Workspace(self.xp, self.dtype, T, B, (I, H, 0 if self.head else O), L)
             self._workspaces[key] = ws
             while len(self._workspaces) > _MAX_WORKSPACES:
                 self._workspaces.popitem(last=False)
@@ -164,9 +175,12 @@ class Engine:
             else:
                 forward_step(ops, S[t], WT, S[t + 1], k, self.act)
 
-    def output_layer(self, ws: Workspace, params, y, keep, drop=None) -> None:
+    def output_layer(self, ws: Workspace, params, y, keep, drop=None,
+                     backward: bool = True) -> None:
         """Logits, loss per token, and dL/dlogits in place (the loss kernel of `output`).
-        `drop` (T, B, H): multipliers on the states the output layer sees (dropout)."""
+        `drop` (T, B, H): multipliers on the states the output layer sees (dropout).
+        The adaptive head instead leaves the output errors in ws.E and its gradients in
+        self.grads (unless `backward` is False: the loss alone)."""
         xp, ops = self.xp, self.ops
         N, H = ws.logits.shape[0], self.sizes[1]
         S1 = ws.S[1:].reshape(N, H)
@@ -175,9 +189,14 @@ class Engine:
                 ws.SD = xp.empty((N, H), dtype=self.dtype)
             xp.multiply(S1, drop.reshape(N, H), out=ws.SD)
             S1 = ws.SD
+        keep_flat = None if keep is None else keep.reshape(N)
+        if self.head is not None:
+            self.head.run(params, S1, y.reshape(N), keep_flat, ws.loss,
+                          ws.E.reshape(N, H) if backward else None,
+                          self.grads if backward else None)
+            return
         ops.gemm(S1, params["V"].T, ws.logits, 0.0)
         ws.logits += params["c"]
-        keep_flat = None if keep is None else keep.reshape(N)
         if self.output == "softmax":
             ops.softmax_xent(ws.logits, y.reshape(N), keep_flat, ws.loss)
         elif self.output == "sigmoid":
@@ -195,10 +214,11 @@ class Engine:
         N, H = T * B, self.sizes[1]
         S, E = ws.S, ws.E
         S1 = S[1:].reshape(N, H) if drop is None else ws.SD  # what the output layer saw
-        dlogits = ws.logits
-        ops.outer_accum(g["V"], dlogits, S1, False)  # dV = sum_t delta_o_t s_t^T
-        ops.bias_grad(dlogits, g["c"])
-        ops.gemm(dlogits, V, E.reshape(N, H), 0.0)  # e_t = V^T delta_o_t, all steps at once
+        if self.head is None:  # (the adaptive head has done its part in output_layer)
+            dlogits = ws.logits
+            ops.outer_accum(g["V"], dlogits, S1, False)  # dV = sum_t delta_o_t s_t^T
+            ops.bias_grad(dlogits, g["c"])
+            ops.gemm(dlogits, V, E.reshape(N, H), 0.0)  # e_t = V^T delta_o_t, all steps at once
         if drop is not None:
             E *= drop  # through the dropout multipliers
 
@@ -280,16 +300,30 @@ class Engine:
         T, B = x.shape[:2]
         ws = self.workspace(T, B, x.ndim == 3, None, keep is not None)
         self.forward_states(ws, params, x, h0, keep)
-        self.output_layer(ws, params, y, keep)
+        self.output_layer(ws, params, y, keep, backward=False)
         return self.summed_loss(ws), ws.S[T].copy()
 
     def forward(self, params, x, h0, keep) -> tuple[Any, Any]:
-        """Logits (T, B, O), a fresh array, and the last state (B, H)."""
+        """Logits (T, B, O), a fresh array, and the last state (B, H). For the adaptive
+        head the logits are the full log-probabilities (logits of the same softmax)."""
         T, B = x.shape[:2]
         ws = self.workspace(T, B, x.ndim == 3, None, keep is not None)
         self.forward_states(ws, params, x, h0, keep)
         N, H = T * B, self.sizes[1]
+        if self.head is not None:
+            logp = self.head.log_prob(params, ws.S[1:].reshape(N, H))
+            return logp.reshape(T, B, -1), ws.S[T].copy()
         logits = self.xp.empty((N, self.sizes[2]), dtype=self.dtype)
         self.ops.gemm(ws.S[1:].reshape(N, H), params["V"].T, logits, 0.0)
         logits += params["c"]
         return logits.reshape(T, B, -1), ws.S[T].copy()
+
+    def log_prob(self, params, x, h0, keep) -> tuple[Any, Any]:
+        """Full log-probabilities (T, B, O), a fresh array, and the last state (B, H);
+        for the softmax and adaptive outputs."""
+        logits, h = self.forward(params, x, h0, keep)
+        if self.head is None:
+            xp = self.xp
+            logits -= logits.max(axis=-1, keepdims=True)
+            logits -= xp.log(xp.exp(logits).sum(axis=-1, keepdims=True))
+        return logits, h

@@ -4,6 +4,9 @@
     o_t = g(V h_t + c)                    g + loss: softmax + cross-entropy (default),
                                           sigmoid + binary cross-entropy, linear + 1/2 squared error
     L   = sum over all steps and sequences of L_t
+
+or, with ``output="adaptive"``, the exact adaptive softmax over ids sorted by frequency
+(:mod:`rnn_gpu.heads.adaptive`, PyTorch's ``AdaptiveLogSoftmaxWithLoss`` parametrization).
 """
 from __future__ import annotations
 
@@ -14,7 +17,11 @@ import numpy as np
 from . import reference
 from .backend import Backend, get_backend, is_cupy_array, to_numpy
 from .engine import Engine
+from .heads.adaptive import DEFAULT_DIV_VALUE, check_adaptive
 from .reference import ACTIVATIONS, OUTPUTS, PARAM_NAMES, param_shapes
+
+MODEL_OUTPUTS = (*OUTPUTS, "adaptive")
+_ID_TARGETS = ("softmax", "adaptive")  # outputs whose targets are class ids
 
 DTYPES = ("float32", "float64")
 __all__ = ["RNN", "DTYPES", "PARAM_NAMES"]
@@ -37,11 +44,19 @@ class RNN:
 
     Parameters start uniform in +-1/sqrt(H) (biases zero), reproducibly from `seed`, and
     live on the chosen backend ("auto", "numpy" or "cupy") in `dtype`.
+
+    ``output="adaptive"`` needs ``cutoffs`` (strictly increasing ids in (0, O)) and takes
+    ``div_value`` (default 4.0): the output layer is then V (c_0 + n, H), c (c_0 + n,) and
+    per cluster i ``tail{i}_proj`` (h_i, H), ``tail{i}_out`` (size_i, h_i), with
+    h_i = int(H // div_value ** (i + 1)). U and W start as above; then V, the projections
+    and the tail outputs are drawn uniform in +-1/sqrt(fan_in) (torch.nn.Linear's scale:
+    fan_in H for V and the projections, h_i for the tail outputs), in that order; c is zero.
     """
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int, *,
                  backend: str | Backend = "auto", dtype: str = "float32", seed: int = 0,
-                 hidden_activation: str = "tanh", output: str = "softmax"):
+                 hidden_activation: str = "tanh", output: str = "softmax",
+                 cutoffs=None, div_value: float = DEFAULT_DIV_VALUE):
         I = _check_positive_int("input_size", input_size)
         H = _check_positive_int("hidden_size", hidden_size)
         O = _check_positive_int("output_size", output_size)
@@ -51,7 +66,8 @@ class RNN:
             dtype_name = repr(dtype)
         _check_choice("dtype", dtype_name, DTYPES)
         _check_choice("hidden_activation", hidden_activation, ACTIVATIONS)
-        _check_choice("output", output, OUTPUTS)
+        _check_choice("output", output, MODEL_OUTPUTS)
+        self.adaptive = check_adaptive(output, cutoffs, div_value, O, H)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
         self.backend = get_backend(backend)
@@ -64,8 +80,13 @@ class RNN:
         rng = np.random.default_rng(self.seed)
         r = 1.0 / np.sqrt(H)
         shapes = param_shapes(I, H, O)
-        host = {k: rng.uniform(-r, r, shapes[k]) for k in ("U", "W", "V")}  # this order:
-        host.update(b=np.zeros(H), c=np.zeros(O))  # the init stream of every seed so far
+        if self.adaptive is None:
+            host = {k: rng.uniform(-r, r, shapes[k]) for k in ("U", "W", "V")}  # this order:
+            host.update(b=np.zeros(H), c=np.zeros(O))  # the init stream of every seed so far
+        else:
+            host = {k: rng.uniform(-r, r, shapes[k]) for k in ("U", "W")}
+            host["b"] = np.zeros(H)
+            host.update(self.adaptive.init_params(rng))
         self.params: dict[str, Any] = {
             k: self.backend.asarray(np.ascontiguousarray(v, dtype=self.dtype))
             for k, v in host.items()
@@ -74,19 +95,33 @@ class RNN:
         # gather then reads whole rows and never copies a transpose.
         self.params["U"] = self.backend.asarray(
             np.ascontiguousarray(host["U"].T, dtype=self.dtype)).T
-        self._engine = Engine(self.backend, self.dtype, (I, H, O), hidden_activation, output)
+        self._engine = Engine(self.backend, self.dtype, (I, H, O), hidden_activation, output,
+                              self.adaptive)
 
     # ---------------------------------------------------------------------------------
 
     @property
     def config(self) -> dict:
-        """The constructor arguments (without the backend), enough to rebuild the model."""
-        return {
+        """The constructor arguments (without the backend), enough to rebuild the model.
+        An adaptive model's also has ``cutoffs`` (a list) and ``div_value``."""
+        cfg = {
             "input_size": self.input_size, "hidden_size": self.hidden_size,
             "output_size": self.output_size, "dtype": self.dtype.name,
             "hidden_activation": self.hidden_activation, "output": self.output,
             "seed": self.seed,
         }
+        if self.adaptive is not None:
+            cfg.update(cutoffs=list(self.adaptive.cutoffs), div_value=self.adaptive.div_value)
+        return cfg
+
+    @property
+    def cutoffs(self) -> tuple[int, ...] | None:
+        return None if self.adaptive is None else self.adaptive.cutoffs
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """The names of :attr:`params`: PARAM_NAMES, or with the adaptive head's."""
+        return tuple(self.params)
 
     @classmethod
     def from_config(cls, config: dict, *, backend: str | Backend = "auto",
@@ -99,16 +134,33 @@ class RNN:
             sizes = c.pop("input_size"), c.pop("hidden_size"), c.pop("output_size")
         except KeyError as e:
             raise ValueError(f"config: missing {e.args[0]!r}") from None
-        known = {"dtype", "hidden_activation", "output", "seed"}
+        known = {"dtype", "hidden_activation", "output", "seed", "cutoffs", "div_value"}
         m = cls(*sizes, backend=backend, **{k: v for k, v in c.items() if k in known})
         if params is not None:
             m.load_params(params)
         return m
 
+    @staticmethod
+    def config_param_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+        """The parameter names and shapes a model of `config` (:attr:`config`) has, without
+        building it: U, W, V, b, c, and for output="adaptive" the head's V, c and tails."""
+        try:
+            I, H, O = (int(config[k]) for k in ("input_size", "hidden_size", "output_size"))
+        except KeyError as e:
+            raise ValueError(f"config: missing {e.args[0]!r}") from None
+        shapes = param_shapes(I, H, O)
+        spec = check_adaptive(config.get("output", "softmax"), config.get("cutoffs"),
+                              config.get("div_value", DEFAULT_DIV_VALUE), O, H)
+        if spec is not None:
+            shapes.update(spec.param_shapes())
+        return shapes
+
     def __repr__(self) -> str:
+        extra = "" if self.adaptive is None else (
+            f", cutoffs={self.adaptive.cutoffs}, div_value={self.adaptive.div_value}")
         return (f"RNN({self.input_size}, {self.hidden_size}, {self.output_size}, "
                 f"backend={self.backend.name!r}, dtype={self.dtype.name!r}, "
-                f"hidden_activation={self.hidden_activation!r}, output={self.output!r})")
+                f"hidden_activation={self.hidden_activation!r}, output={self.output!r}{extra})")
 
     def to(self, backend: str | Backend = "auto", dtype: str | None = None) -> RNN:
         """A copy of this model on another backend and/or dtype."""
@@ -120,7 +172,7 @@ class RNN:
 
     def load_params(self, params: dict) -> None:
         """Copy parameters (NumPy or backend arrays) into this model, checking shapes."""
-        for name in PARAM_NAMES:
+        for name in self.params:
             if name not in params:
                 raise ValueError(f"params: missing {name!r}")
             v = params[name]
@@ -177,7 +229,7 @@ class RNN:
         y = self._array("y", y)
         if y is None:
             raise ValueError("y: expected targets, got None")
-        if self.output == "softmax":
+        if self.output in _ID_TARGETS:
             if y.ndim != 2 or y.dtype.kind not in "iu":
                 raise ValueError(
                     f"y: expected integer class ids of shape ({T}, {B}), "
@@ -245,7 +297,7 @@ class RNN:
         if xb.ndim == 3 or not xb.flags.c_contiguous:
             xb = be.xp.ascontiguousarray(xb)
         if y is not None:
-            if self.output == "softmax":
+            if self.output in _ID_TARGETS:
                 y = be.xp.ascontiguousarray(be.asarray(y))
             else:
                 y = be.xp.ascontiguousarray(be.asarray(y, dtype=self.dtype))
@@ -295,9 +347,21 @@ class RNN:
         return self._engine.loss(self.params, xb, yb, h0b, keep)
 
     def forward(self, x, h0=None, mask=None) -> tuple[Any, Any]:
-        """Logits (T, B, O) before the output nonlinearity, and the last state (B, H)."""
+        """Logits (T, B, O) before the output nonlinearity, and the last state (B, H).
+        For output="adaptive" they are the full log-probabilities (as logits of a softmax
+        they give the same distribution), so sampling and evaluation are exact."""
         xb, _, h0b, keep = self._prepare(x, None, h0, mask, need_y=False)
         return self._engine.forward(self.params, xb, h0b, keep)
+
+    def log_prob(self, x, h0=None):
+        """Full log-probabilities (T, B, O) of the class at every step, a backend array,
+        for output="softmax" or "adaptive". x: ids (T, B) or floats (T, B, I); h0: (B, H)
+        or None for zeros."""
+        if self.output not in _ID_TARGETS:
+            raise ValueError(f"output: log_prob needs output='softmax' or 'adaptive' (a "
+                             f"distribution over classes), this model has {self.output!r}")
+        xb, _, h0b, _ = self._prepare(x, None, h0, None, need_y=False)
+        return self._engine.log_prob(self.params, xb, h0b, None)[0]
 
     def step(self, x_t, h=None) -> tuple[Any, Any]:
         """One time step, for sampling: x_t ids (B,) or floats (B, I) -> (logits (B, O), h)."""

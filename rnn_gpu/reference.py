@@ -21,6 +21,10 @@ Dropout on the output layer's input (``drop``, (T, B, H) multipliers d_t, e.g. 0
 1/(1-p)) replaces s_t by d_t * s_t in ``o_t`` only: dV uses d_t * s_t, and the error
 reaching s_t from its output is d_t * V^T (o_t - d_t). The recurrence is untouched.
 
+With ``output="adaptive"`` the output layer is the adaptive softmax of
+:mod:`rnn_gpu.heads.adaptive` (its own float64 per-token reference): the error reaching
+s_t from its output is that head's dL_t/ds_t instead of V^T (o_t - d_t).
+
 A masked step (mask 0) is skipped: it adds no loss, ignores its input, and passes the
 state through unchanged (s_j = s_{j-1}), so its Jacobian is the identity and no gradient
 reaches the parameters through it. Truncation windows count time steps, masked or not.
@@ -29,8 +33,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .heads import adaptive
+
 ACTIVATIONS = ("tanh", "sigmoid", "relu")
-OUTPUTS = ("softmax", "sigmoid", "linear")
+OUTPUTS = ("softmax", "sigmoid", "linear")  # one dense layer; "adaptive": heads.adaptive
 PARAM_NAMES = ("U", "W", "V", "b", "c")
 
 
@@ -86,6 +92,14 @@ def output_loss(output: str, z: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, 
     raise ValueError(f"output: expected one of {', '.join(OUTPUTS)}, got {output!r}")
 
 
+def _row_loss(p, output, f, y_t) -> np.ndarray:
+    """The loss per row (B,) of the output layer reading f (B, H), targets y_t."""
+    if output == "adaptive":
+        scratch = {k: np.zeros_like(v) for k, v in p.items()}
+        return adaptive.reference_output(p, f, y_t, np.ones(f.shape[0]), scratch)[0]
+    return output_loss(output, f @ p["V"].T + p["c"], y_t)[0]
+
+
 def _input_projection(U: np.ndarray, x_t: np.ndarray) -> np.ndarray:
     """U x_t for a batch: a column gather of U for ids (B,), a product for dense (B, I)."""
     if x_t.ndim == 1:
@@ -110,7 +124,8 @@ def loss_and_grads(params, x, y, *, h0=None, truncate=None, mask=None,
                    hidden_activation="tanh", output="softmax", drop=None):
     """Loss (float) and gradients (dict of float64 arrays) and the last state (B, H).
 
-    x: ids (T, B) or floats (T, B, I); y: ids (T, B) for softmax, floats (T, B, O) otherwise;
+    x: ids (T, B) or floats (T, B, I); y: ids (T, B) for softmax and adaptive, floats
+    (T, B, O) otherwise;
     h0: (B, H) or None for zeros; mask: (T, B) of 0/1 or None; truncate: None or int >= 0;
     drop: (T, B, H) output-dropout multipliers or None.
     """
@@ -130,17 +145,22 @@ def loss_and_grads(params, x, y, *, h0=None, truncate=None, mask=None,
 
     loss = 0.0
     grads = {name: np.zeros_like(v) for name, v in p.items()}
-    delta_o = []  # dL_t/dz_t per step, (B, O)
+    e_out = []  # dL_t/d(what the output layer reads at t), (B, H)
     for t in range(T):
-        z = (drop[t] * s[t + 1]) @ V.T + c  # (B, O)
-        l_t, dz = output_loss(output, z, y[t])
+        f_t = drop[t] * s[t + 1]  # (B, H)
+        if output == "adaptive":  # its own reference adds the head's gradients
+            l_t, e_t = adaptive.reference_output(p, f_t, y[t], mask[t], grads)
+        else:
+            l_t, dz = output_loss(output, f_t @ V.T + c, y[t])  # logits (B, O)
+            dz = dz * mask[t][:, None]  # dL_t/dz_t
+            grads["V"] += dz.T @ f_t
+            grads["c"] += dz.sum(axis=0)
+            e_t = dz @ V
         loss += float((l_t * mask[t]).sum())
-        delta_o.append(dz * mask[t][:, None])
+        e_out.append(e_t)
 
     for t in reversed(range(T)):  # for each output, backwards
-        grads["V"] += delta_o[t].T @ (drop[t] * s[t + 1])
-        grads["c"] += delta_o[t].sum(axis=0)
-        delta = (delta_o[t] @ V) * drop[t]  # dL_t/ds_t, (B, H)
+        delta = e_out[t] * drop[t]  # dL_t/ds_t, (B, H)
         for j in range(t, max(0, t - k) - 1, -1):  # step t and at most k earlier ones
             m = mask[j][:, None]
             dz = delta * activation_grad(hidden_activation, s[j + 1]) * m  # (B, H)
@@ -168,8 +188,7 @@ def loss_only(params, x, y, *, h0=None, mask=None, hidden_activation="tanh", out
     total = 0.0
     for t in range(T):
         st = s[t + 1] if drop is None else np.asarray(drop[t], dtype=np.float64) * s[t + 1]
-        l_t, _ = output_loss(output, st @ p["V"].T + p["c"], y[t])
-        total += float((l_t * mask[t]).sum())
+        total += float((_row_loss(p, output, st, y[t]) * mask[t]).sum())
     return total
 
 
@@ -183,7 +202,7 @@ def truncated_surrogate_loss(params, anchor_states, x, y, *, truncate, mask=None
     this function check a truncated gradient exactly. anchor_states: (T+1, B, H).
     """
     p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
-    U, W, V, b, c = p["U"], p["W"], p["V"], p["b"], p["c"]
+    U, W, b = p["U"], p["W"], p["b"]
     x = np.asarray(x)
     if x.ndim == 3:
         x = x.astype(np.float64)
@@ -196,6 +215,5 @@ def truncated_surrogate_loss(params, anchor_states, x, y, *, truncate, mask=None
         for j in range(start, t + 1):
             a = _input_projection(U, x[j]) + h @ W.T + b
             h = np.where(mask[j][:, None] > 0, activation(hidden_activation, a), h)
-        l_t, _ = output_loss(output, h @ V.T + c, y[t])
-        total += float((l_t * mask[t]).sum())
+        total += float((_row_loss(p, output, h, y[t]) * mask[t]).sum())
     return total

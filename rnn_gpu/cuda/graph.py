@@ -21,6 +21,9 @@ How it stays correct:
 * The summed loss is read after the replay (a host sync), exactly as the eager path does.
 * The step captured is the engine's own :meth:`rnn_gpu.engine.Engine.run_step`, the one
   the eager path runs, dropout included (its multipliers are a static input too).
+* The adaptive softmax's clusters have data-dependent sizes: during the capture its head
+  runs every cluster over all T*B rows (rows past the cluster's count, kept on the device,
+  are zeros of weight 0), so the graph's shapes are fixed and no host read happens.
 
 The eager path (:meth:`GraphedStep.eager`, or the engine itself) stays; both give the same
 bits, except dU for token inputs whose repeated ids are summed with atomics in no fixed
@@ -59,7 +62,7 @@ class GraphedStep:
         # Static inputs. Ids are int32 (any vocabulary below 2^31 fits).
         self.x = (cp.zeros((T, B, I), dtype=dt) if dense
                   else cp.zeros((T, B), dtype=cp.int32))
-        self.y = (cp.zeros((T, B), dtype=cp.int32) if engine.output == "softmax"
+        self.y = (cp.zeros((T, B), dtype=cp.int32) if engine.output in ("softmax", "adaptive")
                   else cp.zeros((T, B, O), dtype=dt))
         self.h0 = cp.zeros((B, H), dtype=dt)
         self.keep = cp.ones((T, B), dtype=dt) if masked else None

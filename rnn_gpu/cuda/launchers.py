@@ -41,6 +41,7 @@ XENT_WARP_ROWS, XENT_WARP_ITEMS = 8, 8  # softmax, one warp per row: rows per bl
 XENT_WARP_MAX_O = 32 * XENT_WARP_ITEMS  # per lane in registers; the warp version's O range
 RECUR_TM, RECUR_TN, RECUR_TK = 32, 32, 32  # fused recurrent steps: output tile, k slab
 RECUR_TX, RECUR_TY = 16, 8  # and their threads per block (columns, rows)
+SCAN_BLOCK = 256  # rows per prefix-sum step of the adaptive softmax's partition
 _MAX_BLOCKS = 65535  # grid-stride loops cover the rest
 
 _ACT = {"tanh": 0, "sigmoid": 1, "relu": 2}
@@ -61,6 +62,8 @@ DEFINES = {
     "rnn_recur.cu": (("RECUR_TM", str(RECUR_TM)), ("RECUR_TN", str(RECUR_TN)),
                      ("RECUR_TK", str(RECUR_TK)), ("RECUR_TX", str(RECUR_TX)),
                      ("RECUR_TY", str(RECUR_TY))),
+    "rnn_adaptive.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)), ("XENT_BLOCK", str(XENT_BLOCK)),
+                        ("SCAN_BLOCK", str(SCAN_BLOCK))),
 }
 
 
@@ -402,6 +405,99 @@ class CudaOps:
         if buf is None:
             buf = bufs[key] = self.xp.empty(shape, dtype=dtype)
         return buf
+
+    # ---------------------------------------------------------------------------------
+    # Adaptive softmax: partition, gather, scatter, weighted loss (rnn_adaptive.cu)
+
+    def _int32(self, kern: str, arg: str, a, shape: tuple) -> None:
+        self._dev(kern, arg, a)
+        if a.dtype != np.int32 or tuple(a.shape) != tuple(shape):
+            _fail(kern, arg, f"an int32 array of shape {tuple(shape)}", _desc(a))
+
+    def _count(self, kern: str, count) -> None:
+        self._int32(kern, "count", count, (1,))
+
+    def adaptive_partition(self, y, bounds, head_target, idx, counts) -> None:
+        """Rows by cluster, stable, on the device: idx (n, N) int32 (first counts[i] of row
+        i), counts (n,) int32, head_target (N,) int32. y: (N,) int ids; bounds: (n+1,)
+        int64 = c_0, ..., c_{n-1}, O."""
+        K = "adaptive_partition"
+        self._dev(K, "y", y)
+        if y.ndim != 1:
+            _fail(K, "y", "a 1-D (N,) integer array", _desc(y))
+        N = y.shape[0]
+        y = self._ids(K, "y", y, N)
+        self._dev(K, "bounds", bounds)
+        if bounds.dtype != np.int64 or bounds.ndim != 1 or bounds.shape[0] < 2:
+            _fail(K, "bounds", "an int64 array of shape (n+1,), n >= 1", _desc(bounds))
+        n = bounds.shape[0] - 1
+        self._int32(K, "head_target", head_target, (N,))
+        self._int32(K, "idx", idx, (n, N))
+        self._int32(K, "counts", counts, (n,))
+        _count32(K, n * N)
+        self._kernel("rnn_adaptive.cu", f"rnn_adaptive_partition_{_INT[y.dtype]}")(
+            (n,), (SCAN_BLOCK,), (y, bounds, np.int32(n), np.int32(N), head_target, idx, counts))
+
+    def adaptive_gather(self, S, y, w, idx, count, lo: int, Sg, tg, wg) -> None:
+        """One cluster's rows: Sg (R, F) = S[idx[r]], tg (R,) int32 = y[idx[r]] - lo, wg (R,)
+        = w[idx[r]] (1 for w None) for r < min(count, R); zeros of weight 0 after that.
+        S (N, F); y (N,) int; w (N,) or None; idx (N,) int32; count (1,) int32 (device)."""
+        K = "adaptive_gather"
+        dt = self._floats(K, S=S, Sg=Sg, wg=wg)
+        if S.ndim != 2 or Sg.ndim != 2:
+            _fail(K, "S, Sg", "2-D (N, F) and (R, F) arrays", f"{_desc(S)}, {_desc(Sg)}")
+        N, F = S.shape
+        R = Sg.shape[0]
+        if Sg.shape[1] != F:
+            _fail(K, "Sg", f"shape (R, {F})", _desc(Sg))
+        if R > N:
+            _fail(K, "Sg", f"at most {N} rows (the rows of S)", _desc(Sg))
+        y = self._ids(K, "y", y, N)
+        w, has_w = self._keep(K, w, N, dt)
+        self._int32(K, "idx", idx, (N,))
+        self._count(K, count)
+        self._int32(K, "tg", tg, (R,))
+        _shape(K, "wg", wg, (R,))
+        if R * F == 0:
+            return
+        self._kernel("rnn_adaptive.cu", f"rnn_adaptive_gather_{_FLOAT[dt]}_{_INT[y.dtype]}")(
+            (_blocks(R * F, ELEM_BLOCK),), (ELEM_BLOCK,),
+            (S, y, _keep_arg(w, S), has_w, idx, count, np.int64(lo), Sg, tg, wg, np.int32(R),
+             np.int32(F)))
+
+    def adaptive_scatter_add(self, dS, idx, count, dSg) -> None:
+        """dS[idx[r]] += dSg[r] for r < min(count, R); dS (N, F), dSg (R, F), idx (N,)
+        int32, count (1,) int32 (device). No atomics: a cluster's rows are distinct."""
+        K = "adaptive_scatter_add"
+        dt = self._floats(K, dS=dS, dSg=dSg)
+        if dS.ndim != 2 or dSg.ndim != 2:
+            _fail(K, "dS, dSg", "2-D (N, F) and (R, F) arrays", f"{_desc(dS)}, {_desc(dSg)}")
+        N, F = dS.shape
+        R = dSg.shape[0]
+        if dSg.shape[1] != F or R > N:
+            _fail(K, "dSg", f"shape (R, {F}) with R <= {N}", _desc(dSg))
+        self._int32(K, "idx", idx, (N,))
+        self._count(K, count)
+        _count32(K, N * F)
+        if R * F == 0:
+            return
+        self._kernel("rnn_adaptive.cu", f"rnn_adaptive_scatter_add_{_FLOAT[dt]}")(
+            (_blocks(R * F, ELEM_BLOCK),), (ELEM_BLOCK,),
+            (dS, idx, count, dSg, np.int32(R), np.int32(F)))
+
+    def weighted_xent(self, logits, y, w, loss) -> None:
+        """Softmax + cross-entropy with a float weight per row, in one kernel: logits
+        (N, K) <- w (softmax - onehot(y)), loss (N,) <- w (logsumexp - z_y). y: (N,) int32
+        (an id outside [0, K) gives a NaN loss); w: (N,) or None for ones."""
+        K = "weighted_xent"
+        dt, N, Kc, w, has_w = self._loss_args(K, logits, w, loss)
+        self._int32(K, "y", y, (N,))
+        if N == 0:
+            return
+        if Kc == 0:
+            _fail(K, "logits", "at least one column", _desc(logits))
+        self._kernel("rnn_adaptive.cu", f"rnn_weighted_xent_{_FLOAT[dt]}")(
+            (N,), (XENT_BLOCK,), (logits, y, _keep_arg(w, loss), has_w, loss, np.int32(Kc)))
 
     # ---------------------------------------------------------------------------------
     # GEMM and the outer-product accumulation (tiled kernel, cuBLAS, per-shape choice)

@@ -240,6 +240,64 @@ def bias_grad(dz, out) -> None:
     np.sum(dz, axis=0, out=out)
 
 
+# Adaptive softmax (rnn_gpu.heads.adaptive): the cluster partition, the row gather and
+# scatter of one cluster, and the loss with a float weight per row.
+
+
+def adaptive_partition(y, bounds, head_target, idx, counts) -> None:
+    """Rows by cluster: a stable partition of 0..N-1 by the cluster of each target.
+
+    y: (N,) int class ids in [0, O); bounds: (n+1,) int64 = c_0, c_1, ..., c_{n-1}, O
+    head_target: (N,) int32 out: y for the shortlist (y < c_0), c_0 + i for cluster i
+    idx: (n, N) int32 out: idx[i, :counts[i]] = the rows of cluster i, ascending (the rest
+    is not written); counts: (n,) int32 out
+    """
+    n = bounds.shape[0] - 1
+    cluster = np.searchsorted(bounds, y, side="right") - 1  # -1: the shortlist
+    np.copyto(head_target, np.where(cluster < 0, y, bounds[0] + cluster), casting="unsafe")
+    for i in range(n):
+        rows = np.flatnonzero(cluster == i)
+        counts[i] = rows.size
+        idx[i, :rows.size] = rows
+
+
+def adaptive_gather(S, y, w, idx, count, lo: int, Sg, tg, wg) -> None:
+    """One cluster's rows, gathered: for r < R (R = Sg's rows) and k = min(count, R),
+
+    Sg[r] = S[idx[r]], tg[r] = y[idx[r]] - lo, wg[r] = w[idx[r]] (1 if w is None) for r < k;
+    Sg[r] = 0, tg[r] = 0, wg[r] = 0 for k <= r < R (the padding of a fixed-size buffer).
+    S: (N, F); y: (N,) int; w: (N,) or None; idx: (N,) int32; count: (1,) int32 (on the
+    device, so that no host read is needed); Sg: (R, F); tg: (R,) int32; wg: (R,)
+    """
+    k = min(int(count[0]), Sg.shape[0])
+    rows = idx[:k]
+    np.take(S, rows, axis=0, out=Sg[:k])
+    Sg[k:] = 0
+    np.subtract(y[rows], lo, out=tg[:k], casting="unsafe")
+    tg[k:] = 0
+    if w is None:
+        wg[:k] = 1
+    else:
+        np.take(w, rows, out=wg[:k])
+    wg[k:] = 0
+
+
+def adaptive_scatter_add(dS, idx, count, dSg) -> None:
+    """dS[idx[r]] += dSg[r] for r < min(count, R), R = dSg's rows. The rows of a cluster
+    are distinct, so this is a plain (deterministic) add. dS: (N, F); dSg: (R, F)."""
+    k = min(int(count[0]), dSg.shape[0])
+    dS[idx[:k]] += dSg[:k]
+
+
+def weighted_xent(logits, y, w, loss) -> None:
+    """Softmax + cross-entropy with a float weight per row, in place, one pass per row.
+
+    logits: (N, K) in: z; out: w (softmax(z) - onehot(y)); y: (N,) int ids
+    w: (N,) weights or None (ones); loss: (N,) out: w (logsumexp(z) - z_y)
+    """
+    _split_rows(_softmax_xent_rows, logits, y, w, loss)
+
+
 # -------------------------------------------------------------------------------------
 # Fused recurrent steps: a step's recurrent product and its pointwise update as one
 # operation (one launch per step on the GPU, kernels/rnn_recur.cu)
@@ -330,6 +388,10 @@ class NumpyOps:
     recur_forward = staticmethod(recur_forward)
     recur_backward = staticmethod(recur_backward)
     recur_trunc_backward = staticmethod(recur_trunc_backward)
+    adaptive_partition = staticmethod(adaptive_partition)
+    adaptive_gather = staticmethod(adaptive_gather)
+    adaptive_scatter_add = staticmethod(adaptive_scatter_add)
+    weighted_xent = staticmethod(weighted_xent)
 
     def __init__(self):
         self._scratch: dict[tuple, np.ndarray] = {}

@@ -9,9 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .numpy_ops import (act_forward, bias_grad, delta_step, embed_gather, embed_scatter_add,
-                        outer_accum, recur_backward, recur_forward, recur_trunc_backward,
-                        sigmoid_bce, softmax_xent, squared_error, trunc_delta_step)
+import numpy as np
+
+from .numpy_ops import (act_forward, adaptive_gather, adaptive_partition, adaptive_scatter_add,
+                        bias_grad, delta_step, embed_gather, embed_scatter_add, outer_accum,
+                        recur_backward, recur_forward, recur_trunc_backward, sigmoid_bce,
+                        softmax_xent, squared_error, trunc_delta_step, weighted_xent)
 
 
 @dataclass
@@ -103,6 +106,59 @@ def _mk_scatter(xp, rng, sz, dtype):
 def _mk_bias(xp, rng, sz, dtype):
     N, H = sz["N"], sz["H"]
     return (_rand(xp, rng, (N, H), dtype), xp.empty((H,), dtype=dtype))
+
+
+def _bounds(sz):
+    O = sz["O"]
+    return np.array([O // 5, O // 2, (4 * O) // 5, O], dtype=np.int64)  # 3 tail clusters
+
+
+def _targets(rng, sz):
+    """Ids with a frequency-like skew (every cluster gets some, the shortlist most)."""
+    O = sz["O"]
+    return np.minimum((O * rng.random(sz["N"]) ** 3).astype(np.int64), O - 1)
+
+
+def _mk_partition(xp, rng, sz, dtype):
+    N, b = sz["N"], _bounds(sz)
+    return (xp.asarray(_targets(rng, sz)), xp.asarray(b), xp.zeros(N, dtype=np.int32),
+            xp.zeros((len(b) - 1, N), dtype=np.int32), xp.zeros(len(b) - 1, dtype=np.int32))
+
+
+def _cluster_rows(rng, sz, i=1):
+    """(y, idx, count, lo) of cluster i, partitioned by the twin on the host."""
+    N, b = sz["N"], _bounds(sz)
+    y = _targets(rng, sz)
+    ht, idx = np.zeros(N, np.int32), np.zeros((len(b) - 1, N), np.int32)
+    counts = np.zeros(len(b) - 1, np.int32)
+    adaptive_partition(y, b, ht, idx, counts)
+    return y, idx[i].copy(), counts[i:i + 1].copy(), int(b[i])
+
+
+def _mk_cluster_gather(xp, rng, sz, dtype):
+    N, F = sz["N"], sz["F"]
+    y, idx, count, lo = _cluster_rows(rng, sz)
+    w = (rng.random(N) > 0.25) * rng.uniform(0.5, 2.0, N)  # float weights, some zero
+    R = N  # the fixed-size (padded) buffer: the rows past count are zeroed
+    return (_rand(xp, rng, (N, F), dtype), xp.asarray(y), xp.asarray(w.astype(dtype)),
+            xp.asarray(idx), xp.asarray(count), lo, xp.empty((R, F), dtype=dtype),
+            xp.empty(R, dtype=np.int32), xp.empty(R, dtype=dtype))
+
+
+def _mk_cluster_scatter(xp, rng, sz, dtype):
+    N, F = sz["N"], sz["F"]
+    _, idx, count, _ = _cluster_rows(rng, sz)
+    return (_rand(xp, rng, (N, F), dtype), xp.asarray(idx), xp.asarray(count),
+            _rand(xp, rng, (N, F), dtype))
+
+
+def _mk_weighted_xent(xp, rng, sz, dtype):
+    N, O = sz["N"], sz["O"]
+    w = (rng.random(N) > 0.25) * rng.uniform(0.5, 2.0, N)
+    return (_rand(xp, rng, (N, O), dtype, -8, 8),
+            xp.asarray(rng.integers(0, O, N).astype(np.int32)), xp.asarray(w.astype(dtype)),
+            xp.empty(N, dtype=dtype))
+
 
 
 # Sizes are deliberately not multiples of any block size.
@@ -228,3 +284,29 @@ _register(KernelSpec(
     sizes={"quick": {"L": 3, "B": 37, "H": 45}, "full": {"L": 8, "B": 64, "H": 1024}},
     cuda_versions={"fused": "recur_trunc_backward"},
     doc="one truncated-BPTT step for all L live streams: (L*B) x H x H GEMM + epilogue"))
+
+
+# -------------------------------------------------------------------------------------
+# Adaptive softmax (kernels/rnn_adaptive.cu)
+
+_NF = {"quick": {"N": 301, "O": 1000, "F": 67}, "full": {"N": 3200, "O": 30000, "F": 512}}
+_register(KernelSpec(
+    "adaptive_partition", "rnn_adaptive.cu", adaptive_partition, _mk_partition, (2, 3, 4),
+    flops=lambda z: 0.0, nbytes=lambda z: (8 + 4 * 3 + 4) * z["N"], sizes=_NF,
+    cuda_versions=_FUSED("adaptive_partition"),
+    doc="adaptive softmax: a stable partition of the rows by cluster, and the head's targets"))
+_register(KernelSpec(
+    "adaptive_gather", "rnn_adaptive.cu", adaptive_gather, _mk_cluster_gather, (6, 7, 8),
+    flops=lambda z: 0.0, nbytes=lambda z: 2 * z["N"] * z["F"] * _F, sizes=_NF,
+    cuda_versions=_FUSED("adaptive_gather"),
+    doc="adaptive softmax: one cluster's rows, targets and weights into fixed-size buffers"))
+_register(KernelSpec(
+    "adaptive_scatter_add", "rnn_adaptive.cu", adaptive_scatter_add, _mk_cluster_scatter, (0,),
+    flops=lambda z: z["N"] * z["F"], nbytes=lambda z: 3 * z["N"] * z["F"] * _F, sizes=_NF,
+    cuda_versions=_FUSED("adaptive_scatter_add"),
+    doc="adaptive softmax: one cluster's row errors added back to their rows (no atomics)"))
+_register(KernelSpec(
+    "weighted_xent", "rnn_adaptive.cu", weighted_xent, _mk_weighted_xent, (0, 3),
+    flops=lambda z: 0.0, nbytes=lambda z: 2 * z["N"] * z["O"] * _F, sizes=_NO,
+    cuda_versions=_FUSED("weighted_xent"),
+    doc="softmax + cross-entropy with a float weight per row (the adaptive head and tails)"))

@@ -91,7 +91,7 @@ def test_boolean_mask_is_accepted(m):
 
 @pytest.mark.parametrize("kw,match", [
     ({"hidden_activation": "gelu"}, r"hidden_activation: expected one of tanh, sigmoid, relu, got 'gelu'"),
-    ({"output": "softplus"}, r"output: expected one of softmax, sigmoid, linear, got 'softplus'"),
+    ({"output": "softplus"}, r"output: expected one of softmax, sigmoid, linear, adaptive, got 'softplus'"),
     ({"dtype": "float16"}, r"dtype: expected one of float32, float64, got 'float16'"),
     ({"dtype": np.int32}, r"dtype: expected one of float32, float64, got 'int32'"),
     ({"backend": "tpu"}, r"backend: expected one of auto, numpy, cupy, got 'tpu'"),
