@@ -33,8 +33,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..errors import CheckpointError, DataError
-from ..model import PARAM_NAMES
-from ..reference import param_shapes
+from ..model import PARAM_NAMES, RNN
 from .data import Vocab
 
 FORMAT = "rnn-gpu checkpoint"
@@ -48,7 +47,7 @@ def _model_config(model) -> dict:
 
 
 def _param_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    return param_shapes(cfg["input_size"], cfg["hidden_size"], cfg["output_size"])
+    return RNN.config_param_shapes(cfg)
 
 
 def _write_arrays(f, arrays: dict[str, np.ndarray]) -> None:
@@ -206,7 +205,10 @@ def load_checkpoint(path: str | Path, backend="auto", *, with_model: bool = True
     for k, v in arrays.items():
         head, _, rest = k.partition("/")
         {"param": params, "optim": optim, "state": state}.get(head, {})[rest] = v
-    shapes = _param_shapes(cfg)
+    try:
+        shapes = _param_shapes(cfg)
+    except ValueError as e:  # a model configuration this rnn-gpu cannot build
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
     for k, shape in shapes.items():
         if k not in params:
             raise CheckpointError(f"checkpoint {path} lacks parameter {k!r}")
