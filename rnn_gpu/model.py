@@ -321,3 +321,13 @@ class RNN:
             mask=None if keep is None else to_numpy(keep),
             hidden_activation=self.hidden_activation, output=self.output,
             drop=None if drop is None else to_numpy(drop))
+
+    def log_prob(self, x, h0=None) -> Any:
+        """Log-probabilities (T, B, O) of every next token, as a backend array: the
+        log-softmax of :meth:`forward`'s logits over the last axis. Softmax output only."""
+        if self.output != "softmax":
+            raise ValueError(f"log_prob: needs output='softmax', this model has output={self.output!r}")
+        logits, _ = self.forward(x, h0=h0)
+        xp = self.backend.xp
+        z = logits - logits.max(axis=-1, keepdims=True)
+        return z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
