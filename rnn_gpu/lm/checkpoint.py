@@ -16,11 +16,15 @@ Layout (format version 1) -- every entry is a plain array, loadable with
 
 Files are written atomically: to a temporary file in the same directory, flushed and
 fsync'ed, then renamed over the target, so a crash leaves either the old checkpoint or
-the new one, never half of one. Arrays are stored on the host, so a checkpoint written on
-a GPU loads on a machine without one.
+the new one, never half of one; a write removes the temporaries that an earlier write of
+the same name, killed midway, left behind. New files get the umask's mode, as any other
+file the user writes. Arrays are stored on the host, so a checkpoint written on a GPU
+loads on a machine without one. A run also keeps its best weights beside its checkpoint
+(:func:`best_path`: ``NAME.best.npz``), a checkpoint of the same layout.
 """
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -101,12 +105,16 @@ def atomic_write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """Write `arrays` as an .npz at `path` atomically (temporary file, fsync, rename).
 
     Temporaries that an earlier, killed write of the same `path` left are removed first.
-    The file gets the mode of the one it replaces, or the umask's for a new file. An
-    OSError names `path`; the file that was there is left as it was."""
+    The file gets the mode of the one it replaces, or the umask's for a new file; a
+    read-only file is never replaced. An OSError names `path`; the file that was there is
+    left as it was."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise CheckpointError(f"cannot write checkpoint {path}: directory {parent} does not exist")
+    if path.is_file() and not os.stat(path).st_mode & 0o222:  # even where root could
+        raise PermissionError(errno.EACCES, f"cannot write checkpoint {path}: it is read-only "
+                              "and is never replaced")
     for stale in _temporaries(path):
         try:
             stale.unlink()

@@ -49,16 +49,18 @@ def trained(tmp_path, corpus, capsys):
 # Lost or damaged work
 
 
-def test_unwritable_output_is_refused_before_training(tmp_path, corpus, capsys, monkeypatch):
+@pytest.mark.parametrize("err", [errno.EACCES, errno.EROFS, errno.ENOSPC])
+def test_unwritable_output_is_refused_before_training(err, tmp_path, corpus, capsys, monkeypatch):
     import rnn_gpu.lm.checkpoint as ckmod
 
-    def denied(*a, **k):
-        raise PermissionError(errno.EACCES, "Permission denied")
+    def fails(*a, **k):
+        raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(ckmod.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(ckmod.tempfile, "mkstemp", fails)
     rc = train(corpus, tmp_path / "x.npz")
     line = assert_one_line_error(capsys, rc, "--out")
-    assert rc == 2 and "Permission denied" in line and str(tmp_path) in line
+    assert rc == 2 and os.strerror(err) in line and str(tmp_path) in line
+    assert "valid loss" not in capsys.readouterr().out
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
@@ -139,6 +141,17 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path, corpus):
     assert p.returncode == 143, err
     assert f"rnn-gpu train --resume {ck}" in err
     assert load_checkpoint(ck).train_state["step"] >= 5
+
+
+def test_atomic_write_never_replaces_a_read_only_file(tmp_path):
+    from rnn_gpu.lm.checkpoint import atomic_write_npz
+
+    p = tmp_path / "ck.npz"
+    p.write_bytes(b"keep")
+    p.chmod(0o444)
+    with pytest.raises(PermissionError, match="read-only"):
+        atomic_write_npz(p, {"a": np.zeros(2)})
+    assert p.read_bytes() == b"keep"
 
 
 def test_stale_temporaries_are_removed_at_the_next_write(tmp_path):
@@ -231,8 +244,26 @@ def test_evaluate_text_matches_the_model_loss(tmp_path, trained):
     loss, _ = ck.model.loss(ids[:-1, None], ids[1:, None])
     s = evaluate_text(ck.model, ck.vocab, text, batch_size=1, bptt=1000)
     assert s.loss == pytest.approx(loss / (len(ids) - 1), rel=1e-5)
-    s4 = evaluate_text(ck.model, ck.vocab, text, batch_size=4, bptt=7)
+    seen = []
+    s4 = evaluate_text(ck.model, ck.vocab, text, batch_size=4, bptt=3,
+                       progress=lambda done, total: seen.append((done, total)))
     assert s4.tokens == len(ids) - 1 and math.isfinite(s4.loss)
+    assert seen == [(k, 3) for k in (1, 2, 3)]  # 35 targets in 4 streams of 9, chunks of 3
+
+
+@pytest.mark.gpu
+def test_eval_and_log_prob_on_the_gpu_match_numpy(trained):
+    import rnn_gpu
+    from rnn_gpu.lm import evaluate_text, next_token_log_probs
+
+    if not rnn_gpu.backend.gpu_available():
+        pytest.skip(f"no usable GPU: {rnn_gpu.backend.cupy_unavailable_reason()}")
+    text = make_text(20)
+    cpu, gpu = (load_checkpoint(trained, backend=b) for b in ("numpy", "cupy"))
+    a, b = (evaluate_text(c.model, c.vocab, text) for c in (cpu, gpu))
+    assert b.tokens == a.tokens and b.loss == pytest.approx(a.loss, rel=1e-5)
+    np.testing.assert_allclose(next_token_log_probs(gpu.model, gpu.vocab, text[:50]),
+                               next_token_log_probs(cpu.model, cpu.vocab, text[:50]), atol=1e-5)
 
 
 def test_info_checkpoint(trained, capsys):
