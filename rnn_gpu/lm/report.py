@@ -96,6 +96,7 @@ class Report:
             f"stopped: {result.stop_reason}; {result.steps} steps, {result.epochs} epochs, "
             f"{result.tokens_per_s:,.0f} tokens/s; valid ppl {result.val_ppl:.3f} "
             f"(best {result.best_val_ppl:.3f}); checkpoint {result.checkpoint}"
+            + (f" (best weights: {result.best_checkpoint})" if result.best_checkpoint else "")
         )
 
     # ---- progress bar -----------------------------------------------------------------

@@ -64,6 +64,7 @@ class TrainResult:
     stop_reason: str
     checkpoint: str
     history: list[dict] = field(default_factory=list)
+    best_checkpoint: str = ""  # the best weights (keep_best), "" when none were kept
 
 
 class Trainer:
@@ -318,6 +319,8 @@ class Trainer:
             tokens_per_s=tokens_here / max(seconds, 1e-9), val_loss=last["val_loss"],
             val_ppl=last["val_ppl"], best_val_ppl=min(r["val_ppl"] for r in st.history),
             stop_reason=reason, checkpoint=str(self.last_saved), history=list(st.history),
+            best_checkpoint=str(self.best_checkpoint)
+            if cfg.keep_best and self.best_checkpoint.exists() else "",
         )
         self.report.finished(result)
         if cfg.plot:

@@ -106,8 +106,8 @@ def test_keep_best_writes_the_best_weights_beside_out(tmp_path, corpus, capsys):
     ck = tmp_path / "ck.npz"
     assert main(["train", "--data", str(corpus), "--out", str(ck), "--max-steps", "30",
                  "--eval-every", "3", "--lr", "0.5", "--sample-length", "0", *SMALL]) == 0
-    capsys.readouterr()
     best = best_path(ck)
+    assert f"(best weights: {best})" in capsys.readouterr().out
     assert best == tmp_path / "ck.best.npz" and best.exists()
     hist = load_checkpoint(ck).train_state["history"]
     b = load_checkpoint(best)
