@@ -2,7 +2,7 @@
 # One check of rnn-gpu on a GPU machine, from the source tree (PYTHONPATH=., no network):
 #
 #   1. environment   nvidia-smi, driver, CuPy and cuBLAS versions, what `auto` picks
-#   2. capture       a CUDA-Graph step (rnn_gpu.cuda_graph.GraphedStep) replayed and
+#   2. capture       a CUDA-Graph step (rnn_gpu.bench.capture.capture_probe) replayed and
 #                    compared with the eager step; pass or fail, the script goes on
 #   3. gpu tests     python -m pytest -q -m gpu tests, junit XML and a one-line summary
 #   4. step bench    python -m rnn_gpu bench --only steps --backend cupy --peers torch at
@@ -138,27 +138,11 @@ read -r -d '' CAPTURE <<'EOF'
 # capture probe: a replayed CUDA graph of the step against the eager step
 import sys
 
-import numpy as np
-
 import rnn_gpu
-from rnn_gpu.cuda_graph import GraphedStep
-from rnn_gpu.gradcheck import rel_err
+from rnn_gpu.bench.capture import capture_probe
 
-T, B, H, V = 16, 8, 64, 65
-be = rnn_gpu.get_backend("cupy")
-rng = np.random.default_rng(0)
-x, y = be.asarray(rng.integers(0, V, (T, B))), be.asarray(rng.integers(0, V, (T, B)))
-m = rnn_gpu.RNN(V, H, V, backend="cupy", dtype="float32", seed=0)
-loss, grads, _ = m.loss_and_grads(x, y)
-eager = {k: rnn_gpu.to_numpy(v).copy() for k, v in grads.items()}
-g = GraphedStep(m._engine, T, B, dense=False, truncate=None, masked=False)
-g(m.params, x, y)  # the eager run on the capture stream, then the capture
-for _ in range(3):
-    rloss, rgrads, _ = g(m.params, x, y)  # replays
-err = max([abs(rloss - loss) / abs(loss)] + [rel_err(rgrads[k], eager[k]) for k in eager])
-ok = err <= 1e-5 and g.capture_allocations == 0
-print(f"capture probe at T,B,H,V = {T},{B},{H},{V}: {'pass' if ok else 'FAIL'} (replayed vs "
-      f"eager: error {err:.2g}, allocations during capture {g.capture_allocations})")
+ok, report = capture_probe(rnn_gpu.get_backend("cupy"))
+print(report)
 sys.exit(0 if ok else 1)
 EOF
 

@@ -60,6 +60,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "init and adam/adagrad, else 1)")
     g.add_argument("--dtype", choices=DTYPES, help="parameter dtype (default float32)")
     g.add_argument("--backend", choices=BACKENDS, help="array backend (default auto)")
+    g.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                   help="on the CuPy backend, run each step eagerly instead of replaying one "
+                        "captured CUDA Graph per step shape")
     g.add_argument("--seed", type=int, help=f"seed for initialization and sampling (default {d.seed})")
     g = p.add_argument_group("truncated BPTT")
     g.add_argument("--batch-size", type=int, metavar="B", help=f"parallel streams (default {d.batch_size})")

@@ -2,7 +2,7 @@
 
 Three levels, each optional:
 
-* **kernels**: every entry of :data:`rnn_gpu.kernels.REGISTRY` and every version of it.
+* **kernels**: every entry of :data:`rnn_gpu.ops.REGISTRY` and every version of it.
   Each version is first run on random inputs and compared with its NumPy twin run in
   float64 on host copies of the same inputs; a version that disagrees is marked FAILED,
   is not timed, and makes the command exit with status 1. Then it is warmed up and timed

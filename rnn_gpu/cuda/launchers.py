@@ -153,6 +153,12 @@ class CudaOps:
             _fail(kern, "keep", f"None or a {dtype} array of shape ({rows},)", _desc(keep))
         return keep, np.int32(1)
 
+    def _pointwise(self, kern: str, keep, rows: int, dtype, act, count: int):
+        """The arguments every pointwise kernel takes: (keep pointer, has_keep, activation
+        code, element count as int32), each checked."""
+        keep, has_keep = self._keep(kern, keep, rows, dtype)
+        return keep, has_keep, _act(kern, act), _count32(kern, count)
+
     def _ids(self, kern: str, arg: str, ids, n: int):
         """Integer ids of shape (n,). int32/int64 go to the kernel as they are; other
         integer kinds are converted to int64 (one small copy: pass int32 or int64)."""
@@ -174,9 +180,7 @@ class CudaOps:
             _fail(K, "a", "a 2-D (B, H) array", _desc(a))
         B, H = a.shape
         _shape(K, "h_prev", h_prev, (B, H))
-        keep, has_keep = self._keep(K, keep, B, dt)
-        code = _act(K, act)
-        n = _count32(K, B * H)
+        keep, has_keep, code, n = self._pointwise(K, keep, B, dt, act, B * H)
         if n == 0:
             return
         self._kernel("rnn_forward.cu", f"rnn_act_forward_{_FLOAT[dt]}")(
@@ -195,9 +199,7 @@ class CudaOps:
         B, H = carry.shape
         for arg, x in (("e", e), ("s", s), ("dz", dz)):
             _shape(K, arg, x, (B, H))
-        keep, has_keep = self._keep(K, keep, B, dt)
-        code = _act(K, act)
-        n = _count32(K, B * H)
+        keep, has_keep, code, n = self._pointwise(K, keep, B, dt, act, B * H)
         if n == 0:
             return
         self._kernel("rnn_backward.cu", f"rnn_delta_step_{_FLOAT[dt]}")(
@@ -217,9 +219,7 @@ class CudaOps:
         _shape(K, "s", s, (B, H))
         _shape(K, "dz_all", dz_all, (L, B, H))
         _shape(K, "dz_sum", dz_sum, (B, H))
-        keep, has_keep = self._keep(K, keep, B, dt)
-        code = _act(K, act)
-        n = _count32(K, B * H)
+        keep, has_keep, code, n = self._pointwise(K, keep, B, dt, act, B * H)
         if n == 0:
             return
         self._kernel("rnn_backward.cu", f"rnn_trunc_delta_step_{_FLOAT[dt]}")(

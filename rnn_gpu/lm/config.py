@@ -60,7 +60,8 @@ class TrainConfig:
     input_init: str = "embedding"
     input_lr_scale: float | None = None  # None: 2 * sqrt(hidden) (embedding init, adam/adagrad)
     dtype: str = "float32"
-    backend: str = "auto"
+    backend: str = "auto"  # or a rnn_gpu.Backend (recorded by its name)
+    cuda_graph: bool = True  # CuPy backend: replay one captured CUDA Graph per step shape
     seed: int = 0
     # truncated BPTT
     batch_size: int = 32
@@ -190,7 +191,10 @@ class TrainConfig:
                         advice=f"smaller {flag('batch_size')} / {flag('bptt')}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if not isinstance(d["backend"], str):  # a Backend object: recorded by its name
+            d["backend"] = d["backend"].name
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

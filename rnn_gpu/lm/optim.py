@@ -52,6 +52,23 @@ def clip_grad_norm(grads: dict, max_norm: float | None, xp=None) -> float:
     return norm
 
 
+def clip_grad_norm_on_device(grads: dict, max_norm: float | None, xp) -> None:
+    """:func:`clip_grad_norm` without reading the norm back to the host (GPU backends).
+
+    The same scale factor, ``min(1, max_norm / (norm + 1e-6))``, computed and applied on
+    the device. A non-finite norm is not detected here: it makes the parameters
+    non-finite, which the next step's loss shows."""
+    if max_norm is None or max_norm <= 0:
+        return
+    total = None
+    for g in grads.values():
+        sq = xp.vdot(g.ravel(), g.ravel()).astype(xp.float64)
+        total = sq if total is None else total + sq
+    scale = xp.minimum(max_norm / (xp.sqrt(total) + 1e-6), 1.0)
+    for g in grads.values():
+        g *= scale.astype(g.dtype)
+
+
 class Optimizer:
     """Base class. ``lr`` may be changed between steps (learning-rate schedules do)."""
 

@@ -41,7 +41,7 @@ from .checkpoint import Checkpoint, best_path, load_checkpoint
 from .config import TrainConfig, diverged_advice
 from .data import Corpus, batchify, get_chunk, load_corpus, n_chunks
 from .metrics import evaluate, perplexity
-from .optim import clip_grad_norm, make_optimizer
+from .optim import clip_grad_norm, clip_grad_norm_on_device, make_optimizer
 from .report import Report, plot_history
 from .sample import sample as sample_text
 from .schedule import Decision, make_schedule
@@ -115,6 +115,11 @@ class Trainer:
         eval_b = max(1, min(cfg.batch_size, len(self.corpus.valid) // (cfg.bptt + 1)))
         self.valid_data = batchify(self.corpus.valid, eval_b)
         self.chunks_per_epoch = n_chunks(self.train_data.shape[0], cfg.bptt)
+        V = len(self.vocab)
+        for what, ids in (("training", self.corpus.train), ("validation", self.corpus.valid)):
+            # once, here: the steps then pass ids on without checking them (no host reads)
+            if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):
+                raise DataError(f"{what} text: token ids outside [0, {V}) (a corrupt corpus)")
 
         if ck is None:
             self.model = RNN.from_config(cfg.model_config(len(self.vocab)), backend=cfg.backend)
@@ -180,12 +185,20 @@ class Trainer:
         """One optimizer step on the next chunk; returns (summed loss, tokens)."""
         cfg, st = self.config, self.state
         x, y = get_chunk(self.train_data, st.chunk * cfg.bptt, cfg.bptt)
-        loss, grads, h = self.model.loss_and_grads(
-            x, y, h0=st.hidden, truncate=cfg.truncate,
-            dropout=self._dropout_multipliers(x.shape) if cfg.dropout else None,
-        )
+        drop = self._dropout_multipliers(x.shape) if cfg.dropout else None
+        gpu = self.model.backend.is_gpu
+        if gpu and cfg.cuda_graph:  # one captured step per shape, replayed
+            loss, grads, h = self._captured(x.shape)(
+                self.model.params, *self._on_device(x, y), st.hidden, None,
+                None if drop is None else self.model.backend.asarray(drop))
+        elif gpu:  # the ids were checked once, the state is the model's own
+            loss, grads, h = self.model.loss_and_grads_trusted(x, y, h0=st.hidden,
+                                                               truncate=cfg.truncate, dropout=drop)
+        else:
+            loss, grads, h = self.model.loss_and_grads(x, y, h0=st.hidden, truncate=cfg.truncate,
+                                                       dropout=drop)
         ntok = int(x.size)
-        loss = float(loss)
+        loss = float(loss)  # the step's one host read
         per_tok = loss / ntok
         limit = cfg.explode_threshold * math.log(max(len(self.vocab), 2))
         if not math.isfinite(per_tok) or per_tok > limit:
@@ -195,15 +208,30 @@ class Trainer:
         inv = 1.0 / ntok
         for g in grads.values():  # gradient of the mean token loss
             g *= g.dtype.type(inv)
-        norm = clip_grad_norm(grads, cfg.clip or None, self.model.backend.xp)
-        if not math.isfinite(norm):
-            self._diverged(f"gradient norm became non-finite at step {st.step + 1}")
+        if gpu:  # no host read: a non-finite norm shows in the next step's loss
+            clip_grad_norm_on_device(grads, cfg.clip or None, self.model.backend.xp)
+        else:
+            norm = clip_grad_norm(grads, cfg.clip or None, self.model.backend.xp)
+            if not math.isfinite(norm):
+                self._diverged(f"gradient norm became non-finite at step {st.step + 1}")
         self.optimizer.step(grads)
         st.hidden = h.copy()  # the engine reuses its output buffers
         st.step += 1
         st.chunk += 1
         st.tokens += ntok
         return loss, ntok
+
+    def _captured(self, shape: tuple[int, int]):
+        """The captured step for chunks of `shape` (T, B), made on first use."""
+        steps = self.__dict__.setdefault("_steps", {})
+        if shape not in steps:
+            steps[shape] = self.model.captured_step(*shape, truncate=self.config.truncate,
+                                                    dropout=bool(self.config.dropout))
+        return steps[shape]
+
+    def _on_device(self, x, y):
+        be = self.model.backend
+        return be.asarray(x), be.asarray(y)
 
     def _dropout_multipliers(self, shape) -> np.ndarray:
         """(T, B, H) inverted-dropout multipliers, 0 or 1/(1-p), from the run's random

@@ -327,7 +327,7 @@ def test_gpu_paths_on_the_emulator(tmp_path, monkeypatch):
     assert not [n for n in by_name if n.startswith("skip:CUDA-Graph")]
 
 
-def test_gpu_times_come_from_cupyx_profiler(monkeypatch):
+def test_gpu_times_come_from_cupyx_profiler():
     from rnn_gpu.bench import timing
 
     seen = {}
@@ -338,12 +338,15 @@ def test_gpu_times_come_from_cupyx_profiler(monkeypatch):
             func()
         return type("Result", (), {"gpu_times": np.array([[0.004, 0.002, 0.003]])})()
 
-    monkeypatch.setattr(timing, "_gpu_benchmark", lambda xp: benchmark)
     calls = []
-    st = timing.cupy_stats(None, lambda: calls.append(1), reps=3, warmup=2, inner=4)
+    st = timing.cupy_stats(None, lambda: calls.append(1), reps=3, warmup=2, inner=4,
+                           benchmark=benchmark)
     assert seen == {"n_repeat": 3, "n_warmup": 2} and len(calls) == 5 * 4
     assert st.times_ms == pytest.approx([1.0, 0.5, 0.75])  # seconds over 4 calls, in ms
-    assert timing.gpu_timer(None)(lambda: None, inner=2) == pytest.approx(2.0)
+    assert timing.gpu_timer(None, benchmark)(lambda: None, inner=2) == pytest.approx(2.0)
+    cupy = pytest.importorskip("cupy")  # the real one: its own profiler is what is used
+
+    assert timing._gpu_benchmark(cupy).__module__.startswith("cupyx.profiler")
 
 
 def test_the_emulator_is_timed_by_cuda_events():

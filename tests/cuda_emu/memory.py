@@ -11,7 +11,13 @@ import numpy as np
 from . import streams
 from .errors import EmulationError
 
+HOST_READS: list[str] = []  # every device-to-host read of a value, in order (tests count)
 _GUARD_BYTES = 1 << 16  # a stray row of a few thousand floats still lands in a guard
+
+
+def _host_read(what: str) -> None:
+    streams.refuse(f"{what} (a device-to-host read)")
+    HOST_READS.append(what)
 
 
 def _plain(x):
@@ -19,7 +25,13 @@ def _plain(x):
 
 
 def _device(x):
-    return x.view(DeviceArray) if type(x) is np.ndarray else x
+    """A result as the device holds it: arrays and scalars (a reduction's 0-d result, as
+    CuPy returns it) are device arrays; reading one back is a host read."""
+    if type(x) is np.ndarray:
+        return x.view(DeviceArray)
+    if isinstance(x, np.generic):
+        return np.asarray(x).view(DeviceArray)
+    return x
 
 
 class DeviceArray(np.ndarray):
@@ -92,27 +104,27 @@ class DeviceArray(np.ndarray):
 
     def get(self) -> np.ndarray:
         """A host copy, as cupy.ndarray.get (a device-to-host read)."""
-        streams.refuse("get (a device-to-host read)")
+        _host_read("get")
         return np.array(self.view(np.ndarray))
 
     def item(self, *args):
-        streams.refuse("item (a device-to-host read)")
+        _host_read("item")
         return self.view(np.ndarray).item(*args)
 
     def tolist(self):
-        streams.refuse("tolist (a device-to-host read)")
+        _host_read("tolist")
         return self.view(np.ndarray).tolist()
 
     def __float__(self) -> float:
-        streams.refuse("float() of a device array (a device-to-host read)")
+        _host_read("float()")
         return float(self.view(np.ndarray))
 
     def __int__(self) -> int:
-        streams.refuse("int() of a device array (a device-to-host read)")
+        _host_read("int()")
         return int(self.view(np.ndarray))
 
     def __bool__(self) -> bool:
-        streams.refuse("bool() of a device array (a device-to-host read)")
+        _host_read("bool()")
         return bool(self.view(np.ndarray))
 
 

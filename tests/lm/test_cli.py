@@ -118,6 +118,17 @@ def test_help_and_version(capsys):
     assert "--time-budget" in capsys.readouterr().out
 
 
+def test_cuda_graph_option(capsys):
+    assert main(["train", "--help"]) == 0
+    assert "--no-cuda-graph" in capsys.readouterr().out
+    from rnn_gpu.cli import build_parser
+    from rnn_gpu.lm import TrainConfig
+
+    assert build_parser().parse_args(["train", "--no-cuda-graph"]).cuda_graph is False
+    assert "cuda_graph" not in vars(build_parser().parse_args(["train"]))
+    assert TrainConfig().cuda_graph is True  # the default: captured steps on CuPy
+
+
 def test_bench_missing_module_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "rnn_gpu.bench", None)
     assert_one_line_error(capsys, main(["bench"]), "rnn_gpu.bench is missing")
