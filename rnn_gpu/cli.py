@@ -1,25 +1,30 @@
-"""The ``rnn-gpu`` command line: train, sample, gradcheck, info, bench.
+"""The ``rnn-gpu`` command line: train, sample, eval, gradcheck, info, bench.
 
 ``main(argv)`` returns the exit status. Problems with the user's input (files, options,
 checkpoints) print one line, ``rnn-gpu: error: ...``, on stderr and return non-zero:
-2 for bad input, 3 when training diverged, 130 when interrupted.
+2 for bad input (before anything is written), 3 when training diverged, 1 for a failure
+during training (a full disk, say), 130 when interrupted by Ctrl-C, 143 by SIGTERM.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from typing import Sequence
 
 from .backend import BACKENDS
-from .errors import RnnGpuError
+from .errors import RnnGpuError, UsageError
 from .model import PARAM_NAMES
 
 TRAIN_HELP = """\
 Train a language model. With no options: a character model of the documentation every
 CPython ships (pydoc_data.topics), for 60 s, on the GPU when one is usable.
 Validation runs at the end of every epoch (and every --eval-every steps); each
-evaluation writes the checkpoint (--out) atomically."""
+evaluation writes the checkpoint (--out) atomically, and a new best one also writes
+NAME.best.npz beside it (--keep-best). An existing checkpoint is replaced only with
+--resume or --overwrite. Ctrl-C or SIGTERM stops after the current step with a
+checkpoint (exit 130 or 143)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +99,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", metavar="PATH", help=f"checkpoint file (default {DEFAULT_CHECKPOINT})")
     g.add_argument("--resume", nargs="?", const=True, metavar="CHECKPOINT",
                    help="continue the run saved in CHECKPOINT (default: --out)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let a fresh run replace an existing checkpoint at --out")
+    g.add_argument("--keep-best", action=argparse.BooleanOptionalAction,
+                   help="also keep the weights of the best validation in NAME.best.npz "
+                        "beside --out, for sample/eval --best (default on)")
     g.add_argument("--plot", metavar="PATH.png", help="write training/validation curves (needs matplotlib)")
     g.add_argument("--sample-length", type=int, metavar="N",
                    help=f"characters/words to sample at the end; 0 = none (default {d.sample_length})")
@@ -116,15 +126,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(t)
     t.set_defaults(func=cmd_train)
 
+    from .lm.config import DEFAULT_CHECKPOINT, TrainConfig  # noqa: PLC0415
+
+    temp = TrainConfig().sample_temperature
     s = sub.add_parser("sample", help="generate text from a checkpoint",
                        description="Generate text from a trained checkpoint.")
-    s.add_argument("checkpoint", metavar="CHECKPOINT")
+    s.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=DEFAULT_CHECKPOINT,
+                   help=f"default {DEFAULT_CHECKPOINT}")
+    s.add_argument("--best", action="store_true", help="use the best weights (NAME.best.npz)")
     s.add_argument("--length", type=int, default=200, help="tokens to generate (default 200)")
-    s.add_argument("--temperature", type=float, default=1.0, help="0 = always the most likely token (default 1.0)")
+    s.add_argument("--temperature", type=float, default=temp,
+                   help=f"0 = always the most likely token (default {temp}, as train's sample)")
     s.add_argument("--prime", default="", help="text to start from")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--backend", choices=BACKENDS, default="auto")
     s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="perplexity of a text under a checkpoint",
+                       description="Mean loss (nats/token) and perplexity of a text under a "
+                       "trained checkpoint. Characters a character vocabulary lacks are left "
+                       "out and counted; words a word vocabulary lacks are <unk>.")
+    e.add_argument("checkpoint", metavar="CHECKPOINT")
+    e.add_argument("file", metavar="FILE", help="UTF-8 text to score")
+    e.add_argument("--best", action="store_true", help="use the best weights (NAME.best.npz)")
+    e.add_argument("--backend", choices=BACKENDS, default="auto")
+    e.add_argument("--batch-size", type=int, default=16, metavar="B",
+                   help="streams read side by side (default 16)")
+    e.add_argument("--bptt", type=int, default=256, metavar="T", help="steps per chunk (default 256)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_eval)
 
     g = sub.add_parser("gradcheck", help="check BPTT gradients against finite differences",
                        description="Check the engine's gradients against central differences "
@@ -134,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tolerance", type=float, default=1e-6, help="largest relative error accepted (default 1e-6)")
     g.set_defaults(func=cmd_gradcheck)
 
-    i = sub.add_parser("info", help="versions, backend and devices")
+    i = sub.add_parser("info", help="versions, backend and devices; a checkpoint's contents",
+                       description="Versions, backend and devices; with CHECKPOINT, also what "
+                       "it holds: model, vocabulary, training configuration and progress.")
+    i.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?")
+    i.add_argument("--best", action="store_true", help="describe the best weights (NAME.best.npz)")
     i.set_defaults(func=cmd_info)
 
     # Its options belong to rnn_gpu.bench and are parsed there (see _run_bench).
@@ -153,6 +187,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     opts = {k: v for k, v in vars(args).items() if k in names}
     progress = False if getattr(args, "no_progress", False) else None
     resume = getattr(args, "resume", None)
+    if "vocab_size" in opts and not resume and opts.get("level", "char") != "word":
+        TrainConfig(**opts).validate()  # a bad value is reported as such first
+        raise UsageError("--vocab-size applies to --level word only; a character vocabulary "
+                         "holds every character of the text")
     if resume:
         path = opts.get("out", DEFAULT_CHECKPOINT) if resume is True else resume
         trainer = Trainer.from_checkpoint(path, progress=progress, **opts)
@@ -161,9 +199,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = trainer.fit()
     cfg = trainer.config
     if result.stop_reason == "interrupted":
-        print(f"rnn-gpu: interrupted; the run is saved in {result.checkpoint} "
-              f"(continue it with: rnn-gpu train --resume {result.checkpoint})", file=sys.stderr)
-        return 130
+        term = trainer.stop_signal == getattr(signal, "SIGTERM", None)
+        print(f"rnn-gpu: {'terminated' if term else 'interrupted'}; the run is saved in "
+              f"{result.checkpoint} (continue it with: rnn-gpu train --resume "
+              f"{result.checkpoint})", file=sys.stderr)
+        return 143 if term else 130
     if cfg.sample_length:
         text = trainer.sample(cfg.sample_length, temperature=cfg.sample_temperature)
         trainer.console.rule("sample", style="dim")
@@ -171,22 +211,84 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def _checkpoint_path(args: argparse.Namespace) -> str:
+    """The checkpoint a command reads: CHECKPOINT, or with --best the best weights beside it."""
+    from .errors import CheckpointError  # noqa: PLC0415
+    from .lm.checkpoint import best_path  # noqa: PLC0415
+
+    if not getattr(args, "best", False):
+        return args.checkpoint
+    best = best_path(args.checkpoint)
+    if not best.exists():
+        raise CheckpointError(f"--best: {best} not found (the run kept no best weights beside "
+                              f"{args.checkpoint}: trained with --no-keep-best, or not yet evaluated)")
+    return str(best)
+
+
+def _load_for_text(args: argparse.Namespace, what: str):
+    """The checkpoint of `args` on its --backend, with a vocabulary (for sample and eval)."""
     from .errors import CheckpointError  # noqa: PLC0415
     from .lm.checkpoint import load_checkpoint  # noqa: PLC0415
-    from .lm.checks import expect, non_negative_number  # noqa: PLC0415
+    from .lm.config import check_backend  # noqa: PLC0415
+
+    path = _checkpoint_path(args)
+    load_checkpoint(path, with_model=False)  # the file's problems first, then the backend's
+    check_backend(args.backend)
+    ck = load_checkpoint(path, backend=args.backend)
+    if ck.vocab is None:
+        raise CheckpointError(f"checkpoint {path} has no vocabulary; it cannot be {what}")
+    return ck
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .lm.checks import expect, is_int, non_negative_number  # noqa: PLC0415
     from .lm.sample import prime_ids, sample  # noqa: PLC0415
 
-    ck = load_checkpoint(args.checkpoint, backend=args.backend)
-    if ck.vocab is None:
-        raise CheckpointError(f"checkpoint {args.checkpoint} has no vocabulary; it cannot be sampled")
     expect(args.length >= 0, "--length", "a non-negative integer", args.length)
     non_negative_number("--temperature", args.temperature)
+    expect(is_int(args.seed) and args.seed >= 0, "--seed", "an integer >= 0", args.seed)
+    ck = _load_for_text(args, "sampled")
     if args.prime:
         prime_ids(ck.vocab, args.prime, what="--prime")
     text = sample(ck.model, ck.vocab, args.length, prime=args.prime,
                   temperature=args.temperature, seed=args.seed)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console  # noqa: PLC0415
+
+    from .lm.checks import positive_int  # noqa: PLC0415
+    from .lm.data import read_text  # noqa: PLC0415
+    from .lm.metrics import evaluate_text  # noqa: PLC0415
+
+    positive_int("--batch-size", args.batch_size)
+    positive_int("--bptt", args.bptt)
+    text = read_text(args.file, "text file")
+    ck = _load_for_text(args, "evaluated")
+    err = Console(stderr=True, highlight=False)
+    bar = None
+    if err.is_terminal and not args.no_progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+        bar = Progress(TextColumn("[bold]eval"), BarColumn(bar_width=20),
+                       TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                       console=err, transient=True)
+        task = bar.add_task("eval", total=None)
+        bar.start()
+    try:
+        score = evaluate_text(ck.model, ck.vocab, text, batch_size=args.batch_size,
+                              bptt=args.bptt,
+                              progress=(lambda d, t: bar.update(task, completed=d, total=t))
+                              if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.stop()
+    print(f"{args.file}: {score.tokens:,} tokens scored, mean loss {score.loss:.4f} nats/token, "
+          f"perplexity {score.perplexity:.3f} ({ck.path}, backend {ck.model.backend.name})")
+    if score.skipped:
+        print(f"{score.skipped:,} characters not in the vocabulary were left out (not scored)")
     return 0
 
 
@@ -260,13 +362,61 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from .backend import describe  # noqa: PLC0415
 
-    table = Table(show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
-    for k, v in describe().items():
-        table.add_row(k, str(v))
-    Console(highlight=False).print(table)
+    report = None if args.checkpoint is None else _checkpoint_report(_checkpoint_path(args))
+    console = Console(highlight=False)
+    for rows in (list(describe().items()), report):
+        if rows is None:
+            continue
+        table = Table(show_header=False, box=None)
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column()
+        for k, v in rows:
+            table.add_row(k, str(v))
+        if rows is report:
+            console.print()
+        console.print(table)
     return 0
+
+
+def _checkpoint_report(path: str) -> list[tuple[str, str]]:
+    """(label, value) rows saying what the checkpoint at `path` holds."""
+    import math  # noqa: PLC0415
+
+    from . import __version__  # noqa: PLC0415
+    from .lm.checkpoint import best_path, load_checkpoint  # noqa: PLC0415
+
+    ck = load_checkpoint(path, with_model=False)
+    m, meta = ck.model_config, ck.meta
+    n_params = sum(int(v.size) for v in ck.params.values())
+    rows = [
+        ("checkpoint", str(ck.path)),
+        ("format version", f"{meta.get('format_version')} (written by rnn-gpu "
+                           f"{meta.get('rnn_gpu_version', '?')}; this is rnn-gpu {__version__})"),
+        ("model", f"RNN {m['input_size']} -> {m['hidden_size']} hidden "
+                  f"({m.get('hidden_activation', 'tanh')}) -> {m['output_size']} "
+                  f"({m.get('output', 'softmax')}), {m.get('dtype', 'float32')}, "
+                  f"{n_params:,} parameters"),
+        ("vocabulary", "none" if ck.vocab is None else f"{len(ck.vocab)} {ck.vocab.level} tokens"),
+    ]
+    cfg, st = ck.train_config, ck.train_state
+    if cfg:
+        keys = ("data", "valid", "level", "hidden", "batch_size", "bptt", "truncate",
+                "optimizer", "lr", "clip", "dropout", "schedule", "seed")
+        rows.append(("training config", ", ".join(
+            [f"data {cfg.get('data') or 'the built-in corpus'}"]
+            + [f"{k} {cfg[k]}" for k in keys[1:] if cfg.get(k) is not None])))
+    if st:
+        rows.append(("progress", f"{st.get('step', 0)} steps, {st.get('epoch', 0)} epochs, "
+                                 f"{st.get('tokens', 0):,} tokens, {st.get('elapsed', 0.0):.1f} s"))
+        hist = st.get("history") or []
+        if hist:
+            best = min(hist, key=lambda r: r["val_ppl"] if math.isfinite(r["val_ppl"]) else math.inf)
+            rows.append(("valid ppl", f"{hist[-1]['val_ppl']:.3f} (last, step {hist[-1]['step']}); "
+                                      f"best {best['val_ppl']:.3f} (step {best['step']})"))
+        b = best_path(ck.path)
+        if b.exists() and b != ck.path:
+            rows.append(("best weights", str(b)))
+    return rows
 
 
 def _run_bench(argv: list[str]) -> int:

@@ -1,16 +1,23 @@
 """The training application: corpora (data), optimizers (optim), learning-rate schedules
-(schedule), checkpoints (checkpoint), sampling (sample) and the trainer (trainer).
+(schedule), checkpoints (checkpoint), sampling and next-token probabilities (sample),
+scoring text (metrics) and the trainer (trainer).
 
 The public names of those modules are importable from here, except ``sample`` (the
 function keeps its module's name free: ``from rnn_gpu.lm.sample import sample``)::
 
     from rnn_gpu.lm import TrainConfig, Trainer
     result = Trainer(TrainConfig(data="input.txt", max_steps=500)).fit()
+
+    from rnn_gpu.lm import evaluate_text, load_checkpoint, next_token_log_probs
+    ck = load_checkpoint("rnn-gpu-checkpoint.npz")
+    print(evaluate_text(ck.model, ck.vocab, open("test.txt").read()).perplexity)
+    lp = next_token_log_probs(ck.model, ck.vocab, "The quick brown fo")  # (18, V)
+    print(ck.vocab.itos[int(lp[-1].argmax())])  # the most likely next character
 """
 from __future__ import annotations
 
 from .checkpoint import (
-    FORMAT, FORMAT_VERSION, PARAM_NAMES, Checkpoint, atomic_write_npz, build_model,
+    FORMAT, FORMAT_VERSION, PARAM_NAMES, Checkpoint, atomic_write_npz, best_path, build_model,
     load_checkpoint, save_checkpoint,
 )
 from .data import (
@@ -21,27 +28,27 @@ from .optim import (
     DEFAULT_LR, OPTIMIZERS, SGD, Adagrad, Adam, Optimizer, clip_grad_norm, global_norm,
     make_optimizer,
 )
-from .sample import draw, probabilities
+from .sample import draw, next_token_log_probs, probabilities
 from .schedule import SCHEDULES, Cosine, Decision, Mikolov, Plateau, Schedule, make_schedule
 from .config import (
     DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET, INPUT_INITS, RESUME_FIXED, TrainConfig,
 )
-from .metrics import evaluate, perplexity
+from .metrics import TextScore, evaluate, evaluate_text, known_ids, perplexity
 from .report import plot_history
 from .state import RunState
 from .stopping import Stopping
 from .trainer import Trainer, TrainResult
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "PARAM_NAMES", "Checkpoint", "atomic_write_npz", "build_model",
+    "FORMAT", "FORMAT_VERSION", "PARAM_NAMES", "Checkpoint", "atomic_write_npz", "best_path", "build_model",
     "load_checkpoint", "save_checkpoint",
     "EOS", "LEVELS", "UNK", "Corpus", "Vocab", "batchify", "check_trainable", "corpus_summary",
     "default_corpus", "get_chunk", "iter_chunks", "load_corpus", "n_chunks", "read_text",
     "split_text", "tokenize",
     "DEFAULT_LR", "OPTIMIZERS", "SGD", "Adagrad", "Adam", "Optimizer", "clip_grad_norm",
     "global_norm", "make_optimizer",
-    "draw", "probabilities",
+    "draw", "next_token_log_probs", "probabilities",
     "SCHEDULES", "Cosine", "Decision", "Mikolov", "Plateau", "Schedule", "make_schedule",
     "DEFAULT_CHECKPOINT", "DEFAULT_TIME_BUDGET", "INPUT_INITS", "RESUME_FIXED", "TrainConfig",
-    "Trainer", "TrainResult", "evaluate", "perplexity", "plot_history", "RunState", "Stopping",
+    "Trainer", "TrainResult", "TextScore", "evaluate", "evaluate_text", "known_ids", "perplexity", "plot_history", "RunState", "Stopping",
 ]

@@ -16,11 +16,16 @@ Layout (format version 1) -- every entry is a plain array, loadable with
 
 Files are written atomically: to a temporary file in the same directory, flushed and
 fsync'ed, then renamed over the target, so a crash leaves either the old checkpoint or
-the new one, never half of one. Arrays are stored on the host, so a checkpoint written on
-a GPU loads on a machine without one.
+the new one, never half of one; a write removes the temporaries that an earlier write of
+the same name, killed midway, left behind. New files get the umask's mode, as any other
+file the user writes. Arrays are stored on the host, so a checkpoint written on a GPU
+loads on a machine without one. A run also keeps its best weights beside its checkpoint
+(:func:`best_path`: ``NAME.best.npz``), a checkpoint of the same layout.
 """
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
 import tempfile
@@ -33,7 +38,8 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..errors import CheckpointError, DataError
-from ..model import PARAM_NAMES, RNN
+from ..model import DTYPES, PARAM_NAMES, RNN
+from ..reference import ACTIVATIONS, OUTPUTS
 from .data import Vocab
 
 FORMAT = "rnn-gpu checkpoint"
@@ -56,24 +62,84 @@ def _write_arrays(f, arrays: dict[str, np.ndarray]) -> None:
     np.savez(f, **arrays)
 
 
+def best_path(path: str | Path) -> Path:
+    """Where a run writing to `path` keeps its best weights: ``NAME.best.npz`` beside it."""
+    path = Path(path)
+    stem = path.name[:-4] if path.name.endswith(".npz") else path.name
+    return path.with_name(f"{stem}.best.npz")
+
+
+def _temporaries(path: Path) -> list[Path]:
+    """Temporary files that :func:`atomic_write_npz` leaves when killed while writing `path`."""
+    parent = path.parent if str(path.parent) else Path(".")
+    return [p for p in parent.glob(f".{glob.escape(path.name)}.*.tmp")
+            if len(p.name) == len(path.name) + 14 and p.is_file()]  # mkstemp: 8 random chars
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode of the file `path` replaces, else what the umask gives a new file."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def probe_writable(path: str | Path) -> None:
+    """OSError unless a file can be created, written and removed beside `path` (checked
+    before a run trains for minutes and then fails at its first checkpoint)."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        os.unlink(tmp)
+
+
 def atomic_write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write `arrays` as an .npz at `path` atomically (temporary file, fsync, rename)."""
+    """Write `arrays` as an .npz at `path` atomically (temporary file, fsync, rename).
+
+    Temporaries that an earlier, killed write of the same `path` left are removed first.
+    The file gets the mode of the one it replaces, or the umask's for a new file; a
+    read-only file is never replaced. An OSError names `path`; the file that was there is
+    left as it was."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise CheckpointError(f"cannot write checkpoint {path}: directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_file() and not os.stat(path).st_mode & 0o222:  # even where root could
+        raise PermissionError(errno.EACCES, f"cannot write checkpoint {path}: it is read-only "
+                              "and is never replaced")
+    for stale in _temporaries(path):
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+    mode = _new_file_mode(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write checkpoint {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)
             _write_arrays(f, arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"cannot write checkpoint {path}: {e.strerror or e}") from None
         raise
     try:  # make the rename itself durable; not possible on every platform
         dfd = os.open(parent, os.O_RDONLY)
@@ -169,6 +235,11 @@ def load_checkpoint(path: str | Path, backend="auto", *, with_model: bool = True
         raise CheckpointError(f"checkpoint {path} is a directory, expected an .npz file")
     try:
         with open(path, "rb") as f:  # our own handle: closed even when np.load fails
+            magic = f.read(6)
+            f.seek(0)
+            if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):
+                raise CheckpointError(f"checkpoint {path} is truncated or corrupt, or not an .npz "
+                                      "file (it does not start as a zip archive does)")
             z = np.load(f, allow_pickle=False)
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise CheckpointError(f"{path} is a single .npy array, not an rnn-gpu checkpoint")
@@ -217,6 +288,14 @@ def load_checkpoint(path: str | Path, backend="auto", *, with_model: bool = True
                 f"checkpoint {path}: parameter {k} has shape {params[k].shape}, "
                 f"but the model configuration says {shape}"
             )
+    for k in shapes:
+        if params[k].dtype.kind != "f" or not np.isfinite(params[k]).all():
+            raise CheckpointError(f"checkpoint {path}: parameter {k} holds NaN, inf or non-float "
+                                  "values; the run that wrote it diverged or the file is damaged")
+    for k, choices in (("hidden_activation", ACTIVATIONS), ("output", OUTPUTS), ("dtype", DTYPES)):
+        if k in cfg and cfg[k] not in choices:
+            raise CheckpointError(f"checkpoint {path}: unknown {k} {cfg[k]!r} in the model "
+                                  f"configuration (this rnn-gpu knows {', '.join(choices)})")
     vocab = None
     if meta.get("vocab") is not None:
         try:

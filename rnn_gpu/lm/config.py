@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from .checkpoint import best_path, probe_writable
 from .checks import expect, is_int, is_real, non_negative_number, one_of, positive_int, positive_number
 from .data import LEVELS, check_trainable
 from .optim import DEFAULT_LR, OPTIMIZERS
@@ -81,6 +83,8 @@ class TrainConfig:
     explode_threshold: float = 3.0  # stop when train loss/token > this * log(vocab size)
     # output
     out: str = DEFAULT_CHECKPOINT
+    overwrite: bool = False  # a fresh run may replace an existing checkpoint at out
+    keep_best: bool = True  # also keep the best weights in NAME.best.npz beside out
     plot: str | None = None
     sample_length: int = 200
     sample_temperature: float = 0.8
@@ -112,9 +116,13 @@ class TrainConfig:
         """UsageError naming the first option with a value that cannot work."""
         for n in ("hidden", "batch_size", "bptt", "vocab_size"):
             positive_int(flag(n), getattr(self, n))
-        for n in ("truncate", "epochs", "max_steps", "eval_every"):
+        for n in ("epochs", "max_steps", "eval_every"):
             if getattr(self, n) is not None:
                 positive_int(flag(n), getattr(self, n))
+        if self.truncate is not None:  # 0: each output sees its own step only
+            expect(is_int(self.truncate) and self.truncate >= 0, "--truncate", "an integer >= 0",
+                   self.truncate)
+        expect(is_int(self.seed) and self.seed >= 0, "--seed", "an integer >= 0", self.seed)
         for n in ("lr", "time_budget"):
             if getattr(self, n) is not None:
                 positive_number(flag(n), getattr(self, n))
@@ -147,10 +155,35 @@ class TrainConfig:
             raise UsageError(f"--out: {out} is a directory, expected a checkpoint file name")
         if not (out.parent if str(out.parent) else Path(".")).is_dir():
             raise UsageError(f"--out: directory {out.parent} does not exist")
+        check_backend(self.backend)
         if self.plot is not None:
             require_matplotlib("--plot")
+            check_plot_format(self.plot)
             if not (Path(self.plot).parent if str(Path(self.plot).parent) else Path(".")).is_dir():
                 raise UsageError(f"--plot: directory {Path(self.plot).parent} does not exist")
+
+    def check_output(self, *, resuming: bool) -> None:
+        """UsageError, before anything is written, when the run could not write its
+        checkpoints (a probe file is written and removed beside out), would replace a
+        read-only one, or -- a fresh run without overwrite -- another run's."""
+        out = Path(self.out)
+        targets = [out, best_path(out)] if self.keep_best else [out]
+        for p in targets:
+            if p.is_file() and not (p.stat().st_mode & 0o222 and os.access(p, os.W_OK)):
+                raise UsageError(f"{flag('out')}: checkpoint {p} is read-only and is never "
+                                 f"replaced; choose another {flag('out')}")
+        if not resuming and not self.overwrite:
+            for p in targets:
+                if p.exists():
+                    raise UsageError(
+                        f"{flag('out')}: {p} already exists; continue that run with "
+                        f"{flag('resume')}, or replace it with {flag('overwrite')}")
+        try:
+            probe_writable(out)
+        except OSError as e:
+            where = out.parent if str(out.parent) else Path(".")
+            raise UsageError(f"{flag('out')}: cannot write {out} (in {where.resolve()}): "
+                             f"{e.strerror or e}") from None
 
     def check_trainable(self, n_tokens: int) -> None:
         """DataError unless `n_tokens` of training text fill one batch of one chunk."""
@@ -180,6 +213,11 @@ class TrainConfig:
                     f"{flag(k)} {overrides[k]} differs from the checkpoint's "
                     f"{saved.get(k)}; a resumed run keeps the checkpoint's value"
                 )
+        for k in ("data", "valid"):
+            if overrides.get(k) is None and saved.get(k) and not Path(saved[k]).exists():
+                raise UsageError(
+                    f"the run's {'data' if k == 'data' else 'validation'} file {saved[k]} is not "
+                    f"found; if it has moved, resume with {flag(k)} NEW_PATH (the same text)")
         d = {**saved, "out": str(path)}
         if "input_lr_scale" not in saved and saved.get("input_init", "embedding") == "embedding" \
                 and saved.get("optimizer") in ("adam", "adagrad"):
@@ -188,6 +226,31 @@ class TrainConfig:
             d.update(dict.fromkeys(STOPS))
         d.update(overrides)
         return cls.from_dict(d)
+
+
+def check_backend(name: str) -> None:
+    """UsageError, naming the command-line fix, when backend `name` cannot be used."""
+    from ..backend import get_backend  # noqa: PLC0415
+
+    try:
+        get_backend(name)
+    except (RuntimeError, ValueError) as e:
+        why = str(e).split(". To fix:")[0]
+        raise UsageError(
+            f"{flag('backend')} {name}: {why}; run on the CPU with {flag('backend')} numpy, or "
+            "install the CuPy wheel matching your CUDA driver (pip install 'rnn-gpu[cuda12]' "
+            "or 'rnn-gpu[cuda13]')") from None
+
+
+def check_plot_format(path: str) -> None:
+    """UsageError unless matplotlib can write a file named `path` (by its extension)."""
+    from matplotlib.backend_bases import FigureCanvasBase  # noqa: PLC0415
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in kinds:
+        raise UsageError(f"{flag('plot')}: cannot write {path!s}: expected a file name ending in "
+                         + ", ".join(f".{k}" for k in sorted(kinds)))
 
 
 def diverged_advice() -> str:

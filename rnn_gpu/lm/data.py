@@ -9,6 +9,7 @@ each chunk to the model's backend.
 from __future__ import annotations
 
 import collections
+import hashlib
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +257,7 @@ class Corpus:
     train: np.ndarray  # (N_train,)
     valid: np.ndarray  # (N_valid,)
     source: str  # where the text came from, for logs and checkpoints
+    digest: str = ""  # SHA-256 of the text (data, then validation file when given)
 
 
 def load_corpus(
@@ -293,7 +295,10 @@ def load_corpus(
         raise DataError(f"vocabulary mismatch: the checkpoint is {vocab.level}-level, not {level}")
     train_ids = vocab.encode(train_text, what="training text")
     valid_ids = vocab.encode(valid_text, what="validation text")
-    return Corpus(vocab, train_ids, valid_ids, source)
+    h = hashlib.sha256(text.encode("utf-8"))
+    if valid is not None:
+        h.update(b"\0" + valid_text.encode("utf-8"))
+    return Corpus(vocab, train_ids, valid_ids, source, h.hexdigest())
 
 
 def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:

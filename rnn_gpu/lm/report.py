@@ -74,7 +74,7 @@ class Report:
         self.line(
             f"training: {cfg.optimizer} lr {lr:g}, clip {cfg.clip or 'off'}, "
             f"schedule {cfg.schedule}, batch {cfg.batch_size} x bptt {cfg.bptt}"
-            f"{f', truncate {cfg.truncate}' if cfg.truncate else ''}, {chunks_per_epoch} "
+            f"{f', truncate {cfg.truncate}' if cfg.truncate is not None else ''}, {chunks_per_epoch} "
             f"steps/epoch; stops at {stops}{resumed}"
         )
 
@@ -96,6 +96,7 @@ class Report:
             f"stopped: {result.stop_reason}; {result.steps} steps, {result.epochs} epochs, "
             f"{result.tokens_per_s:,.0f} tokens/s; valid ppl {result.val_ppl:.3f} "
             f"(best {result.best_val_ppl:.3f}); checkpoint {result.checkpoint}"
+            + (f" (best weights: {result.best_checkpoint})" if result.best_checkpoint else "")
         )
 
     # ---- progress bar -----------------------------------------------------------------
@@ -105,8 +106,9 @@ class Report:
             return
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
+        # under 80 columns up to step 999999 and 9999k tok/s, so that every figure stays visible in an 80-column terminal
         self._progress = Progress(
-            TextColumn("[bold]train"), BarColumn(bar_width=16), TextColumn("{task.percentage:>3.0f}%"),
+            BarColumn(bar_width=6), TextColumn("{task.percentage:>3.0f}%"),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
             console=self.console, transient=True,
         )
@@ -118,8 +120,8 @@ class Report:
         if self._progress is None:
             return
         stats = (
-            f"step {step} | {tokens_per_s / 1e3:.1f}k tok/s | "
-            f"loss {train_loss:.3f} | ppl {perplexity(train_loss):.2f} | lr {lr:.1e}"
+            f"step {step} {tokens_per_s / 1e3:.1f}k tok/s loss {train_loss:.3f} "
+            f"ppl {perplexity(train_loss):.2f} lr {lr:.1e}"
         )
         self._progress.update(self._task, completed=done, stats=stats)
 

@@ -87,3 +87,33 @@ def sample(
     if vocab.level == "word" and head and out and not head[-1].isspace():
         head += " "
     return head + vocab.decode(out)
+
+
+def next_token_log_probs(model, vocab: Vocab, text: str) -> np.ndarray:
+    """Log-probabilities of the next token after each token of `text`, shape (N, V) float64
+    on the host: row i is the model's distribution over the vocabulary after reading
+    tokens 0..i (from a zero state), with ``vocab.itos[j]`` naming column j. Tokens not in
+    the vocabulary are as in :func:`~rnn_gpu.lm.metrics.known_ids` (``<unk>``, or left out
+    at character level).
+
+    Example::
+
+        from rnn_gpu.lm import load_checkpoint, next_token_log_probs
+        ck = load_checkpoint("rnn-gpu-checkpoint.npz")
+        lp = next_token_log_probs(ck.model, ck.vocab, "The quick brown fo")
+        print(ck.vocab.itos[int(lp[-1].argmax())])  # the most likely next character
+    """
+    from .metrics import known_ids  # noqa: PLC0415
+
+    if len(vocab) != model.config["input_size"]:
+        raise DataError(
+            f"vocabulary of {len(vocab)} tokens does not fit a model with input size "
+            f"{model.config['input_size']}"
+        )
+    ids, _ = known_ids(vocab, text)
+    if vocab.level == "word" and ids.size and ids[-1] == vocab.stoi[EOS] and not text.endswith("\n"):
+        ids = ids[:-1]  # text on one line: what comes next on that line
+    if ids.size == 0:
+        raise UsageError("text holds no tokens of the model's vocabulary")
+    lp = model.log_prob(model.backend.asarray(ids[:, None]))  # (N, 1, V)
+    return np.asarray(to_numpy(lp)[:, 0], dtype=np.float64)

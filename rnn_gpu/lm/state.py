@@ -77,13 +77,15 @@ class RunState:
 
 
 def save_run(path: str | Path, *, model, vocab, config: TrainConfig, state: RunState, optimizer,
-             schedule, corpus: str) -> Path:
+             schedule, corpus: str, data_sha256: str = "") -> Path:
     """Write the run to `path` atomically. `corpus` (where the text came from) is noted
-    in ``train_state`` for people; resuming reads the text named by the configuration."""
+    in ``train_state`` for people; resuming reads the text named by the configuration
+    and, when `data_sha256` (of that text) is saved, checks that it is the same text."""
     record, arrays = state.to_checkpoint()
+    extra = {"corpus": corpus, **({"data_sha256": data_sha256} if data_sha256 else {})}
     return save_checkpoint(
         path, model, vocab=vocab, train_config=config.to_dict(),
-        train_state={**record, "corpus": corpus}, optimizer=optimizer, schedule=schedule,
+        train_state={**record, **extra}, optimizer=optimizer, schedule=schedule,
         arrays=arrays,
     )
 

@@ -6,9 +6,12 @@ chunk (truncated BPTT; the gradient stops at chunk boundaries). Gradients are th
 the mean token loss, so learning rates and ``clip`` mean what they mean in PyTorch.
 
 Validation runs at the end of every epoch (and every ``eval_every`` steps when set); each
-such evaluation feeds the learning-rate schedule and writes a checkpoint. Training stops
+such evaluation feeds the learning-rate schedule and writes a checkpoint, and one with a
+new best validation loss also writes the best weights (``keep_best``: ``NAME.best.npz``
+beside the checkpoint, :func:`~rnn_gpu.lm.checkpoint.best_path`). Training stops
 by the rules of :mod:`rnn_gpu.lm.stopping` (``epochs``, ``max_steps``, ``time_budget``
-seconds, the schedule), on Ctrl-C (after the current step, with a checkpoint), or -- with
+seconds, the schedule), on Ctrl-C or SIGTERM (after the current step, with a checkpoint),
+or -- with
 a TrainingDiverged error and the last good checkpoint left in place -- when the loss
 stops being finite or explodes. The configuration is :mod:`rnn_gpu.lm.config`, the state
 that checkpoints save :mod:`rnn_gpu.lm.state`, the console output :mod:`rnn_gpu.lm.report`.
@@ -34,7 +37,7 @@ import numpy as np
 
 from ..errors import CheckpointError, DataError, TrainingDiverged
 from ..model import RNN
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, best_path, load_checkpoint
 from .config import TrainConfig, diverged_advice
 from .data import Corpus, batchify, get_chunk, load_corpus, n_chunks
 from .metrics import evaluate, perplexity
@@ -61,13 +64,16 @@ class TrainResult:
     stop_reason: str
     checkpoint: str
     history: list[dict] = field(default_factory=list)
+    best_checkpoint: str = ""  # the best weights (keep_best), "" when none were kept
 
 
 class Trainer:
     """Owns a model, its data, optimizer and schedule, and the run's :class:`RunState`.
 
     ``Trainer(config)`` starts a fresh run; :meth:`from_checkpoint` resumes one. Nothing
-    is written to disk before :meth:`fit`, and every input is checked in the constructor.
+    is written to disk before :meth:`fit`, and every input is checked in the constructor:
+    a fresh run refuses to replace an existing checkpoint unless ``config.overwrite``, and
+    a probe file checks that ``config.out`` can be written. Data paths are stored resolved.
     `console` is a ``rich.console.Console`` for progress and logs (None: stdout);
     `progress` forces the live progress bar on or off (None: on at a terminal).
     """
@@ -92,6 +98,15 @@ class Trainer:
                 f"checkpoint {ck.path} ({ck.vocab.describe_difference(self.corpus.vocab)}); "
                 "resume with the data the run started with"
             )
+        saved_digest = (ck.train_state or {}).get("data_sha256") if ck is not None else None
+        if cfg.data is not None and saved_digest and saved_digest != self.corpus.digest:
+            raise CheckpointError(
+                f"the text of {cfg.data} differs from the text checkpoint {ck.path} was trained "
+                "on (SHA-256 mismatch); resume with the data the run started with"
+            )
+        for k in ("data", "valid"):  # a resume from another directory finds them
+            if getattr(cfg, k) is not None:
+                setattr(cfg, k, str(Path(getattr(cfg, k)).resolve()))
         cfg.check_trainable(len(self.corpus.train))
         if len(self.corpus.valid) < 2:
             raise DataError("validation text is too small: it needs at least 2 tokens")
@@ -125,6 +140,8 @@ class Trainer:
             if self.state.chunk >= self.chunks_per_epoch:  # the data changed size: a new epoch
                 self.state.chunk, self.state.hidden = 0, None
         self.interrupted = False  # set by interrupt(): stop after the current step
+        self.stop_signal: int | None = None  # the signal that interrupted fit(), if one did
+        cfg.check_output(resuming=ck is not None)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, console=None, progress: bool | None = None,
@@ -148,9 +165,15 @@ class Trainer:
         """Write a checkpoint of the current state (atomically) to `path` or config.out."""
         p = save_run(path or self.config.out, model=self.model, vocab=self.vocab,
                      config=self.config, state=self.state, optimizer=self.optimizer,
-                     schedule=self.schedule, corpus=self.corpus.source)
+                     schedule=self.schedule, corpus=self.corpus.source,
+                     data_sha256=self.corpus.digest)
         self.last_saved = str(p)
         return p
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """Where the best weights are kept (when ``config.keep_best``)."""
+        return best_path(self.config.out)
 
     def interrupt(self) -> None:
         """Stop :meth:`fit` after the current step, with a checkpoint (what Ctrl-C does)."""
@@ -252,8 +275,12 @@ class Trainer:
             "time": round(st.elapsed + now, 3), "train_loss": train_loss,
             "val_loss": val, "val_ppl": perplexity(val), "lr": self.optimizer.lr,
         }
+        best_before = min((r["val_loss"] for r in st.history), default=math.inf)
         st.history.append(rec)
         self.save()
+        if self.config.keep_best and val < best_before:
+            self.save(self.best_checkpoint)
+            self.last_saved = str(self.config.out)
         self.report.evaluation(rec, st.elapsed + now, end_of_epoch=end_of_epoch,
                                note=d.note if d is not None else "")
         return d
@@ -275,7 +302,7 @@ class Trainer:
         tokens_here = 0
         loss_sum, loss_tok = 0.0, 0  # since the last evaluation
         last_eval_step = -1
-        restore_sig = self._install_sigint()
+        restore_sig = self._install_signals()
         self.report.start_progress(stops.bar(self._position(start))[1])
         try:
             while True:
@@ -320,6 +347,8 @@ class Trainer:
             tokens_per_s=tokens_here / max(seconds, 1e-9), val_loss=last["val_loss"],
             val_ppl=last["val_ppl"], best_val_ppl=min(r["val_ppl"] for r in st.history),
             stop_reason=reason, checkpoint=str(self.last_saved), history=list(st.history),
+            best_checkpoint=str(self.best_checkpoint)
+            if cfg.keep_best and self.best_checkpoint.exists() else "",
         )
         self.report.finished(result)
         if cfg.plot:
@@ -327,17 +356,26 @@ class Trainer:
             self.report.line(f"curves written to {cfg.plot}")
         return result
 
-    def _install_sigint(self):
+    def _install_signals(self):
+        """Ctrl-C (SIGINT) and SIGTERM (timeout, batch schedulers, docker stop) stop the run
+        after the current step, with a checkpoint; a second one gives up at once."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
         def handler(signum, frame):
-            if self.interrupted:  # second Ctrl-C: give up at once
+            if self.interrupted:  # the second signal: give up at once
                 raise KeyboardInterrupt
+            self.stop_signal = signum
             self.interrupt()
 
-        old = signal.signal(signal.SIGINT, handler)
-        return lambda: signal.signal(signal.SIGINT, old)
+        sigs = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+        old = {s: signal.signal(s, handler) for s in sigs}
+
+        def restore():
+            for s, h in old.items():
+                signal.signal(s, h)
+
+        return restore
 
     # ---- sampling -------------------------------------------------------------------
 

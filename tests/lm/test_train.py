@@ -165,7 +165,7 @@ def test_cosine_schedule_anneals_to_zero_over_the_stopping_rule(tmp_path, text_f
     # 23 chunks per epoch with these sizes; 2 epochs = 46 steps
     for stop in ({"max_steps": 30}, {"epochs": 2}):
         tr = Trainer(small_config(tmp_path, text_file, schedule="cosine", lr=0.1, batch_size=8,
-                                  bptt=16, **stop), console=quiet())
+                                  bptt=16, overwrite=True, **stop), console=quiet())
         seen = []
         real = tr.train_step
 
@@ -238,11 +238,12 @@ def test_bad_config_values(tmp_path, text_file):
     for kw, flag in [({"hidden": 0}, "--hidden"), ({"batch_size": -2}, "--batch-size"),
                      ({"bptt": 0}, "--bptt"), ({"lr": 0.0}, "--lr"), ({"lr": -1.0}, "--lr"),
                      ({"max_steps": 0}, "--max-steps"), ({"time_budget": -5.0}, "--time-budget"),
-                     ({"clip": -1.0}, "--clip"), ({"truncate": 0}, "--truncate"),
+                     ({"clip": -1.0}, "--clip"), ({"truncate": -1}, "--truncate"),
                      ({"dropout": 1.0}, "--dropout"), ({"dropout": -0.1}, "--dropout"),
                      ({"optimizer": "rmsprop"}, "--optimizer: expected one of"),
                      ({"schedule": "linear"}, "--schedule: expected one of"),
                      ({"level": "byte"}, "--level: expected char or word"),
+                     ({"seed": -1}, "--seed: expected an integer >= 0"),
                      ({"out": str(tmp_path / "missing" / "ck.npz")}, "--out")]:
         with pytest.raises(UsageError, match=flag):
             Trainer(small_config(tmp_path, text_file, **kw), console=quiet())
