@@ -34,9 +34,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _cutoffs(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 2000,10000, got {text!r}") from None
+
+
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from .lm import INPUT_INITS, LEVELS, OPTIMIZERS, SCHEDULES  # noqa: PLC0415
-    from .lm.config import DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET, TrainConfig  # noqa: PLC0415
+    from .lm.config import (DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET,  # noqa: PLC0415
+                            OUTPUT_LAYERS, TrainConfig)
     from .model import DTYPES  # noqa: PLC0415
     from .reference import ACTIVATIONS  # noqa: PLC0415
 
@@ -58,6 +67,14 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input-lr-scale", type=float, metavar="X",
                    help="multiplier of U's learning rate (default 2*sqrt(H) with the embedding "
                         "init and adam/adagrad, else 1)")
+    g.add_argument("--output", choices=OUTPUT_LAYERS,
+                   help="output layer: softmax (default), or adaptive, the exact adaptive "
+                        "softmax of Grave et al. for large (word-level) vocabularies")
+    g.add_argument("--cutoffs", type=_cutoffs, metavar="C1,C2,...",
+                   help="adaptive: the cluster edges of the frequency-sorted vocabulary "
+                        "(default: those of 2000,10000,50000 below the vocabulary size)")
+    g.add_argument("--div-value", type=float, metavar="D",
+                   help=f"adaptive: cluster i's projection has H/D^(i+1) features (default {d.div_value:g})")
     g.add_argument("--dtype", choices=DTYPES, help="parameter dtype (default float32)")
     g.add_argument("--backend", choices=BACKENDS, help="array backend (default auto)")
     g.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",

@@ -38,8 +38,8 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..errors import CheckpointError, DataError
-from ..model import DTYPES, PARAM_NAMES, RNN
-from ..reference import ACTIVATIONS, OUTPUTS
+from ..model import DTYPES, MODEL_OUTPUTS, PARAM_NAMES, RNN
+from ..reference import ACTIVATIONS
 from .data import Vocab
 
 FORMAT = "rnn-gpu checkpoint"
@@ -292,7 +292,7 @@ def load_checkpoint(path: str | Path, backend="auto", *, with_model: bool = True
         if params[k].dtype.kind != "f" or not np.isfinite(params[k]).all():
             raise CheckpointError(f"checkpoint {path}: parameter {k} holds NaN, inf or non-float "
                                   "values; the run that wrote it diverged or the file is damaged")
-    for k, choices in (("hidden_activation", ACTIVATIONS), ("output", OUTPUTS), ("dtype", DTYPES)):
+    for k, choices in (("hidden_activation", ACTIVATIONS), ("output", MODEL_OUTPUTS), ("dtype", DTYPES)):
         if k in cfg and cfg[k] not in choices:
             raise CheckpointError(f"checkpoint {path}: unknown {k} {cfg[k]!r} in the model "
                                   f"configuration (this rnn-gpu knows {', '.join(choices)})")

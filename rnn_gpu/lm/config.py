@@ -31,8 +31,9 @@ INPUT_INITS = ("embedding", "uniform")
 RESUME_FIXED = (
     "level", "vocab_size", "valid_fraction", "hidden", "batch_size", "bptt", "activation",
     "dtype", "seed", "optimizer", "momentum", "schedule", "min_improvement", "input_init",
-    "input_lr_scale",
+    "input_lr_scale", "output", "cutoffs", "div_value",
 )
+OUTPUT_LAYERS = ("softmax", "adaptive")  # the training application's output layers
 STOPS = ("epochs", "max_steps", "time_budget")
 
 
@@ -54,6 +55,9 @@ class TrainConfig:
     # model
     hidden: int = 128
     activation: str = "tanh"
+    output: str = "softmax"  # or "adaptive": the exact adaptive softmax (word level)
+    cutoffs: tuple[int, ...] | None = None  # adaptive: None = heads.default_cutoffs(vocab)
+    div_value: float = 4.0  # adaptive: each tail cluster's projection is F / div_value^(i+1)
     # "embedding": U (a token's column is its embedding) starts uniform in +-1 and, with
     # adam/adagrad, learns input_lr_scale times faster; "uniform": the RNN's
     # +-1/sqrt(hidden), one rate
@@ -102,9 +106,21 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int) -> dict:
         """The RNN's configuration (``RNN.from_config``) for a vocabulary of `vocab_size`."""
-        return {"input_size": vocab_size, "hidden_size": self.hidden, "output_size": vocab_size,
-                "dtype": self.dtype, "hidden_activation": self.activation, "output": "softmax",
-                "seed": self.seed}
+        cfg = {"input_size": vocab_size, "hidden_size": self.hidden, "output_size": vocab_size,
+               "dtype": self.dtype, "hidden_activation": self.activation, "output": self.output,
+               "seed": self.seed}
+        if self.output == "adaptive":
+            from ..heads import check_adaptive, default_cutoffs  # noqa: PLC0415
+
+            cutoffs = (default_cutoffs(vocab_size, self.hidden, self.div_value)
+                       if self.cutoffs is None else tuple(int(c) for c in self.cutoffs))
+            try:
+                check_adaptive("adaptive", cutoffs, self.div_value, vocab_size, self.hidden)
+            except ValueError as e:  # cutoffs that do not fit this vocabulary
+                raise UsageError(f"{flag('cutoffs')}: {e} (the vocabulary has {vocab_size} "
+                                 "tokens)") from None
+            cfg.update(cutoffs=list(cutoffs), div_value=float(self.div_value))
+        return cfg
 
     def stopping_criteria(self) -> tuple[int | None, int | None, float | None]:
         """(epochs, max_steps, time_budget), with the default time budget filled in."""
@@ -141,6 +157,16 @@ class TrainConfig:
         if self.input_lr_scale is not None:
             positive_number("--input-lr-scale", self.input_lr_scale)
         one_of("--input-init", self.input_init, INPUT_INITS)
+        one_of("--output", self.output, OUTPUT_LAYERS)
+        if self.output != "adaptive" and self.cutoffs is not None:
+            raise UsageError("--cutoffs applies to --output adaptive only")
+        if self.cutoffs is not None:
+            c = tuple(self.cutoffs)
+            expect(len(c) > 0 and all(is_int(v) and v > 0 for v in c)
+                   and all(a < b for a, b in zip(c, c[1:])), "--cutoffs",
+                   "strictly increasing positive integers (e.g. 2000,10000)", self.cutoffs)
+        expect(is_real(self.div_value) and self.div_value > 0, "--div-value", "a number > 0",
+               self.div_value)
         expect(self.level in LEVELS, "--level", " or ".join(LEVELS), repr(self.level))
         expect(self.vocab_size >= 3, "--vocab-size", "an integer >= 3", self.vocab_size)
         one_of("--optimizer", self.optimizer, OPTIMIZERS)
@@ -230,8 +256,10 @@ class TrainConfig:
 
 def check_backend(name: str) -> None:
     """UsageError, naming the command-line fix, when backend `name` cannot be used."""
-    from ..backend import get_backend  # noqa: PLC0415
+    from ..backend import Backend, get_backend  # noqa: PLC0415
 
+    if isinstance(name, Backend):  # handed a backend object (the library's callers)
+        return
     try:
         get_backend(name)
     except (RuntimeError, ValueError) as e:
