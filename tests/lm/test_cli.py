@@ -262,6 +262,7 @@ def test_choices_are_the_library_constants():
     from rnn_gpu.backend import BACKENDS
     from rnn_gpu.cli import build_parser
     from rnn_gpu.lm import INPUT_INITS, LEVELS, OPTIMIZERS, SCHEDULES
+    from rnn_gpu.lm.config import OUTPUT_LAYERS
     from rnn_gpu.model import DTYPES
     from rnn_gpu.reference import ACTIVATIONS
 
@@ -271,5 +272,5 @@ def test_choices_are_the_library_constants():
     assert choices["train"] == {"--level": LEVELS, "--activation": ACTIVATIONS,
                                 "--input-init": INPUT_INITS, "--dtype": DTYPES,
                                 "--backend": BACKENDS, "--optimizer": OPTIMIZERS,
-                                "--schedule": SCHEDULES}
+                                "--schedule": SCHEDULES, "--output": OUTPUT_LAYERS}
     assert choices["sample"] == choices["gradcheck"] == {"--backend": BACKENDS}
