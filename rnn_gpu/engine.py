@@ -7,6 +7,16 @@ time, one GEMM and one fused kernel per step. Per-output truncation (seed 001's
 ``bptt_truncate``) keeps the L = truncate+1 live error streams of a step in one (L, B, H)
 array and moves all of them back one step with a single GEMM.
 
+A stack runs layer by layer, and each layer direction by direction, on the same
+composite steps: every layer's input projection is one GEMM (or gather) over all T*B
+rows, a reverse direction runs its loop from step T-1 down to 0, and layer l+1 (and the
+output layer) reads the features F = [forward state, reverse state] (N, D*H) of layer l,
+times its dropout multipliers. Full BPTT goes back layer by layer: the error on a layer's
+features is one GEMM per direction of the layer above, over all rows. Truncated BPTT
+(unidirectional) goes back step by step through all layers at once, each layer holding
+its L live streams, so that each output's gradient stops at the states of every layer
+truncate+1 steps back.
+
 The engine owns the step sequence (:meth:`Engine.run_step`: forward, output layer,
 backward) and the composite steps built on ``ops.gemm`` (:func:`forward_step`,
 :func:`backward_step`, :func:`trunc_backward_step`); the eager calls and the captured
@@ -20,7 +30,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from .reference import param_shapes
+from .reference import cell_name, param_shapes
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -68,27 +78,39 @@ def live_streams(T: int, truncate: int | None) -> int:
 class Workspace:
     """Device buffers for one (T, B, input kind, truncation, mask) configuration."""
 
-    def __init__(self, xp, dtype, T, B, sizes, L):
+    def __init__(self, xp, dtype, T, B, sizes, L, num_layers: int = 1, D: int = 1):
         I, H, O = sizes
         N = T * B
         e = lambda *shape: xp.empty(shape, dtype=dtype)  # noqa: E731
-        self.S = e(T + 1, B, H)  # states; S[0] = h0, S[t+1] after step t
-        self.E = e(T, B, H)  # output errors V^T delta_o, overwritten by dz in place
+        cells = num_layers * D
+        # states per layer and direction (index l*D + d): forward S[0] = h0, S[t+1] after
+        # step t; reverse S[T] = h0, S[t] after step t
+        self.states = [e(T + 1, B, H) for _ in range(cells)]
+        # output errors, overwritten by dz (dL/d pre-activation) in place
+        self.errors = [e(T, B, H) for _ in range(cells)]
+        self.S, self.E = self.states[0], self.errors[0]
         self.logits = e(N, O)  # logits, then dL/dlogits in place
         self.loss = e(N)  # loss per token
         self.carry = e(B, H)
         self.UT = None  # a C-contiguous U^T, only if params["U"] is not stored that way
         self.SD = None  # (N, H) states times the output-dropout multipliers, when used
+        self.features: list = [None] * num_layers  # (N, D*H) per layer, when not a view
+        self.inputs: list = [None] * num_layers  # what each layer read, (N, D*H) for l > 0
+        self.top = None  # what the output layer read (N, D*H)
+        self.dX = None  # (N, D*H) error on a layer's features (D = 2 or dropout)
+        self.keep01 = None  # (N,) rows with a non-zero loss weight (loss weights only)
         if L:
-            self.G = e(L, B, H)
-            self.dz_all = e(L, B, H)
+            self.G = [e(L, B, H) for _ in range(num_layers)]
+            self.dz_all = [e(L, B, H) for _ in range(num_layers)]
+            self.Gtmp = None  # (L, B, H) the error from the layer above, before dropout
 
 
 class Engine:
-    """Runs forward and backward for one model's sizes, activation and output."""
+    """Runs forward and backward for one model's sizes, activation, output and stack."""
 
     def __init__(self, backend: Backend, dtype, sizes: tuple[int, int, int],
-                 hidden_activation: str, output: str):
+                 hidden_activation: str, output: str, num_layers: int = 1,
+                 bidirectional: bool = False):
         self.backend = backend
         self.xp = backend.xp
         self.ops = backend.ops
@@ -96,12 +118,34 @@ class Engine:
         self.sizes = sizes  # (I, H, O)
         self.act = hidden_activation
         self.output = output
+        self.num_layers = int(num_layers)
+        self.D = 2 if bidirectional else 1
         self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
         xp = self.xp
-        self.grads = {k: xp.empty(shape, dtype=dtype) for k, shape in param_shapes(*sizes).items()}
-        # dU is stored transposed, (I, H) C-contiguous, like the model's U: the token
-        # scatter-add then writes whole rows, and no transpose is ever copied.
-        self.grads["U"] = xp.empty(self.grads["U"].shape[::-1], dtype=dtype).T
+        shapes = param_shapes(*sizes, self.num_layers, bool(bidirectional))
+        self.grads = {k: xp.empty(shape, dtype=dtype) for k, shape in shapes.items()}
+        # dU of layer 0 is stored transposed, (I, H) C-contiguous, like the model's U: the
+        # token scatter-add then writes whole rows, and no transpose is ever copied.
+        for d in range(self.D):
+            name = cell_name("U", 0, d)
+            self.grads[name] = xp.empty(self.grads[name].shape[::-1], dtype=dtype).T
+
+    @property
+    def cells(self) -> int:
+        """Layers times directions: the recurrences of the stack."""
+        return self.num_layers * self.D
+
+    def state_shape(self, B: int) -> tuple[int, ...]:
+        """The shape of h0 and h_last: (B, H) for one unidirectional layer, else
+        (num_layers*D, B, H), index l*D + d."""
+        H = self.sizes[1]
+        return (B, H) if self.cells == 1 else (self.cells, B, H)
+
+    def dropout_shape(self, T: int, B: int) -> tuple[int, ...]:
+        """The shape of the dropout multipliers: (T, B, H) for one unidirectional layer,
+        else (num_layers, T, B, D*H)."""
+        H = self.sizes[1]
+        return (T, B, H) if self.cells == 1 else (self.num_layers, T, B, self.D * H)
 
     # ---------------------------------------------------------------------------------
 
@@ -112,7 +156,7 @@ class Engine:
         key = (T, B, dense, L, masked)
         ws = self._workspaces.get(key)
         if ws is None:
-            ws = Workspace(self.xp, self.dtype, T, B, self.sizes, L)
+            ws = Workspace(self.xp, self.dtype, T, B, self.sizes, L, self.num_layers, self.D)
             self._workspaces[key] = ws
             while len(self._workspaces) > _MAX_WORKSPACES:
                 self._workspaces.popitem(last=False)
@@ -120,133 +164,276 @@ class Engine:
             self._workspaces.move_to_end(key)
         return ws
 
-    def forward_states(self, ws: Workspace, params, x, h0, keep) -> None:
-        """States into ws.S: S[0] = h0 (zeros for None), S[t+1] after step t."""
-        xp, ops = self.xp, self.ops
-        U, W, b = params["U"], params["W"], params["b"]
-        T, B = x.shape[:2]
-        N, H = T * B, self.sizes[1]
-        S = ws.S
-        S1 = S[1:].reshape(N, H)
-        if x.ndim == 2:  # token ids: a row gather of U^T, never a one-hot product
-            UT = U.T
-            if not UT.flags.c_contiguous:  # U was replaced by a C-ordered array
-                if ws.UT is None:
-                    ws.UT = xp.empty(UT.shape, dtype=self.dtype)
-                xp.copyto(ws.UT, UT)
-                UT = ws.UT
-            ops.embed_gather(UT, x.reshape(N), b, S1)
-        else:
-            ops.gemm(x.reshape(N, -1), U.T, S1, 0.0)
-            S1 += b
-        if h0 is None:
-            S[0].fill(0)
-        else:
-            xp.copyto(S[0], h0)
-        WT = W.T
-        for t in range(T):
-            forward_step(ops, S[t], WT, S[t + 1], None if keep is None else keep[t], self.act)
+    def _drop(self, drop, T: int, B: int):
+        """Dropout multipliers as (num_layers, T, B, D*H) (a view), or None."""
+        if drop is None:
+            return None
+        return drop.reshape(self.num_layers, T, B, self.D * self.sizes[1])
 
-    def output_layer(self, ws: Workspace, params, y, keep, drop=None) -> None:
-        """Logits, loss per token, and dL/dlogits in place (the loss kernel of `output`).
-        `drop` (T, B, H): multipliers on the states the output layer sees (dropout)."""
-        xp, ops = self.xp, self.ops
-        N, H = ws.logits.shape[0], self.sizes[1]
-        S1 = ws.S[1:].reshape(N, H)
-        if drop is not None:
+    def _features(self, ws: Workspace, l: int, drop, T: int):
+        """Layer l's output as the next layer (or the output layer) reads it: (N, D*H),
+        [forward state, reverse state] times drop[l]. A view of the states when D = 1 and
+        there is no dropout."""
+        xp = self.xp
+        H, D = self.sizes[1], self.D
+        N = ws.logits.shape[0]
+        S = ws.states[l * D]
+        if D == 1 and drop is None:
+            return S[1:].reshape(N, H)
+        if D == 1 and self.num_layers == 1:  # today's buffer for the one-layer model
             if ws.SD is None:
                 ws.SD = xp.empty((N, H), dtype=self.dtype)
-            xp.multiply(S1, drop.reshape(N, H), out=ws.SD)
-            S1 = ws.SD
-        ops.gemm(S1, params["V"].T, ws.logits, 0.0)
+            xp.multiply(S[1:].reshape(N, H), drop[l].reshape(N, H), out=ws.SD)
+            return ws.SD
+        F = ws.features[l]
+        if F is None:
+            F = ws.features[l] = xp.empty((N, D * H), dtype=self.dtype)
+        if D == 1:
+            xp.multiply(S[1:].reshape(N, H), drop[l].reshape(N, H), out=F)
+            return F
+        xp.copyto(F[:, :H], S[1:].reshape(N, H))
+        xp.copyto(F[:, H:], ws.states[l * D + 1][:T].reshape(N, H))
+        if drop is not None:
+            F *= drop[l].reshape(N, D * H)
+        return F
+
+    def forward_states(self, ws: Workspace, params, x, h0, keep, drop=None) -> None:
+        """States of every layer and direction into ws.states (h0: (B, H) for one cell,
+        else (num_layers*D, B, H) or None for zeros), and the features each layer above
+        the first reads (ws.inputs)."""
+        xp, ops = self.xp, self.ops
+        T, B = x.shape[:2]
+        N, H, D = T * B, self.sizes[1], self.D
+        drop = self._drop(drop, T, B)
+        inp = None
+        for l in range(self.num_layers):
+            ws.inputs[l] = inp
+            for d in range(D):
+                i = l * D + d
+                U, W, b = (params[cell_name(n, l, d)] for n in ("U", "W", "b"))
+                S = ws.states[i]
+                proj = (S[1:] if d == 0 else S[:T]).reshape(N, H)  # U x_t + b, all steps
+                if l == 0 and x.ndim == 2:  # token ids: a row gather of U^T, no one-hot
+                    UT = U.T
+                    if not UT.flags.c_contiguous:  # U was replaced by a C-ordered array
+                        if ws.UT is None:
+                            ws.UT = {}
+                        if i not in ws.UT:
+                            ws.UT[i] = xp.empty(UT.shape, dtype=self.dtype)
+                        xp.copyto(ws.UT[i], UT)
+                        UT = ws.UT[i]
+                    ops.embed_gather(UT, x.reshape(N), b, proj)
+                else:
+                    ops.gemm(x.reshape(N, -1) if l == 0 else inp, U.T, proj, 0.0)
+                    proj += b
+                first = S[0] if d == 0 else S[T]
+                if h0 is None:
+                    first.fill(0)
+                else:
+                    xp.copyto(first, h0 if h0.ndim == 2 else h0[i])
+                WT = W.T
+                if d == 0:
+                    for t in range(T):
+                        forward_step(ops, S[t], WT, S[t + 1], None if keep is None else keep[t],
+                                     self.act)
+                else:  # the reverse direction: from step T-1 down to 0
+                    for t in range(T - 1, -1, -1):
+                        forward_step(ops, S[t + 1], WT, S[t], None if keep is None else keep[t],
+                                     self.act)
+            if l + 1 < self.num_layers:
+                inp = self._features(ws, l, drop, T)
+
+    def output_layer(self, ws: Workspace, params, y, keep, drop=None, weight=None) -> None:
+        """Logits, loss per token, and dL/dlogits in place (the loss kernel of `output`).
+        `drop`: multipliers on the features the output layer (and each layer) sees;
+        `weight` (T, B): loss weights (mask times loss_mask), or None for `keep`."""
+        xp, ops = self.xp, self.ops
+        N = ws.logits.shape[0]
+        T = N // ws.carry.shape[0]
+        F = ws.top = self._features(ws, self.num_layers - 1, self._drop(drop, T, N // T), T)
+        ops.gemm(F, params["V"].T, ws.logits, 0.0)
         ws.logits += params["c"]
-        keep_flat = None if keep is None else keep.reshape(N)
+        if weight is None:
+            keep_flat = None if keep is None else keep.reshape(N)
+        else:
+            # the kernels skip rows whose keep is 0; the others are weighted after
+            if ws.keep01 is None:
+                ws.keep01 = xp.empty(N, dtype=self.dtype)
+            xp.not_equal(weight.reshape(N), 0, out=ws.keep01)
+            keep_flat = ws.keep01
         if self.output == "softmax":
             ops.softmax_xent(ws.logits, y.reshape(N), keep_flat, ws.loss)
         elif self.output == "sigmoid":
             ops.sigmoid_bce(ws.logits, y.reshape(N, -1), keep_flat, ws.loss)
         else:
             ops.squared_error(ws.logits, y.reshape(N, -1), keep_flat, ws.loss)
+        if weight is not None:
+            w = weight.reshape(N)
+            ws.loss *= w
+            ws.logits *= w[:, None]
 
-    def backward(self, ws: Workspace, params, x, keep, truncate: int | None,
-                 drop=None) -> None:
-        """Gradients into self.grads from the errors the output layer left in ws."""
+    def _error_into_layer(self, ws: Workspace, sources, l: int, drop) -> None:
+        """The error on layer l's features, sum over (A (N, k), B (k, D*H)) in `sources`
+        of A @ B, times drop[l], split by direction into ws.errors."""
         xp, ops = self.xp, self.ops
+        H, D = self.sizes[1], self.D
+        N = ws.logits.shape[0]
+        if D == 1:  # one GEMM straight into the errors
+            E = ws.errors[l]
+            (A, Bm), = sources
+            ops.gemm(A, Bm, E.reshape(N, H), 0.0)
+            if drop is not None:
+                E *= drop[l]
+            return
+        if ws.dX is None:
+            ws.dX = xp.empty((N, D * H), dtype=self.dtype)
+        dX = ws.dX
+        for n, (A, Bm) in enumerate(sources):
+            ops.gemm(A, Bm, dX, 0.0 if n == 0 else 1.0)
+        if drop is not None:
+            dX *= drop[l].reshape(N, D * H)
+        for d in range(D):
+            xp.copyto(ws.errors[l * D + d].reshape(N, H), dX[:, d * H:(d + 1) * H])
+
+    def _cell_grads(self, ws: Workspace, x, l: int, d: int) -> None:
+        """dW, db and dU of one layer direction from its dz (in ws.errors), over all rows."""
+        ops = self.ops
         g = self.grads
-        W, V = params["W"], params["V"]
         T, B = x.shape[:2]
         N, H = T * B, self.sizes[1]
-        S, E = ws.S, ws.E
-        S1 = S[1:].reshape(N, H) if drop is None else ws.SD  # what the output layer saw
-        dlogits = ws.logits
-        ops.outer_accum(g["V"], dlogits, S1, False)  # dV = sum_t delta_o_t s_t^T
-        ops.bias_grad(dlogits, g["c"])
-        ops.gemm(dlogits, V, E.reshape(N, H), 0.0)  # e_t = V^T delta_o_t, all steps at once
-        if drop is not None:
-            E *= drop  # through the dropout multipliers
-
-        L = live_streams(T, truncate)
-        if not L:  # full BPTT: one carried error
-            carry = ws.carry
-            carry.fill(0)
-            for t in range(T - 1, -1, -1):
-                backward_step(ops, carry, E[t], S[t + 1], None if keep is None else keep[t],
-                              E[t], W, self.act, t == 0)
-        else:  # per-output truncation: L = k+1 live streams in a ring, slot t % L
-            G = ws.G
-            G.fill(0)
-            for j in range(T - 1, -1, -1):
-                xp.copyto(G[j % L], E[j])  # output j's stream starts here; frees t = j+L
-                trunc_backward_step(ops, G, S[j + 1], None if keep is None else keep[j],
-                                    ws.dz_all, E[j], W, self.act, j == 0)
-
-        DZ = E.reshape(N, H)  # dL/d(pre-activation) for every step
-        ops.outer_accum(g["W"], DZ, S[:-1].reshape(N, H), False)  # dW = sum_t dz_t s_{t-1}^T
-        ops.bias_grad(DZ, g["b"])
-        dUT = g["U"].T  # (I, H), C-contiguous
+        i = l * self.D + d
+        S = ws.states[i]
+        DZ = ws.errors[i].reshape(N, H)  # dL/d(pre-activation) for every step
+        prev = (S[:-1] if d == 0 else S[1:]).reshape(N, H)  # the state each step read
+        ops.outer_accum(g[cell_name("W", l, d)], DZ, prev, False)  # dW = sum_t dz_t s_prev^T
+        ops.bias_grad(DZ, g[cell_name("b", l, d)])
+        if l > 0:
+            ops.outer_accum(g[cell_name("U", l, d)], DZ, ws.inputs[l], False)  # dz^T F_{l-1}
+            return
+        dUT = g[cell_name("U", 0, d)].T  # (I, H), C-contiguous
         if x.ndim == 2:
             dUT.fill(0)
             ops.embed_scatter_add(dUT, x.reshape(N), DZ)
         else:
             ops.outer_accum(dUT, x.reshape(N, -1), DZ, False)  # dU^T = sum_t x_t dz_t^T
 
-    def run_step(self, ws: Workspace, params, x, y, h0, keep, truncate, drop=None) -> None:
+    def backward(self, ws: Workspace, params, x, keep, truncate: int | None,
+                 drop=None) -> None:
+        """Gradients into self.grads from the errors the output layer left in ws."""
+        xp, ops = self.xp, self.ops
+        g = self.grads
+        T, B = x.shape[:2]
+        N, H, D = T * B, self.sizes[1], self.D
+        top = self.num_layers - 1
+        drop = self._drop(drop, T, B)
+        dlogits = ws.logits
+        ops.outer_accum(g["V"], dlogits, ws.top, False)  # dV = sum_t delta_o_t F_t^T
+        ops.bias_grad(dlogits, g["c"])
+        self._error_into_layer(ws, [(dlogits, params["V"])], top, drop)  # V^T delta_o, all steps
+        k = lambda t: None if keep is None else keep[t]  # noqa: E731
+
+        L = live_streams(T, truncate)
+        if not L:  # full BPTT, layer by layer from the top: one carried error per direction
+            carry = ws.carry
+            for l in range(top, -1, -1):
+                for d in range(D):
+                    i = l * D + d
+                    S, E = ws.states[i], ws.errors[i]
+                    W = params[cell_name("W", l, d)]
+                    carry.fill(0)
+                    if d == 0:
+                        for t in range(T - 1, -1, -1):
+                            backward_step(ops, carry, E[t], S[t + 1], k(t), E[t], W, self.act,
+                                          t == 0)
+                    else:  # the reverse direction's own backward order: 0 up to T-1
+                        for t in range(T):
+                            backward_step(ops, carry, E[t], S[t], k(t), E[t], W, self.act,
+                                          t == T - 1)
+                    self._cell_grads(ws, x, l, d)
+                if l > 0:  # the error on layer l-1's features, through layer l's U
+                    self._error_into_layer(
+                        ws, [(ws.errors[l * D + d].reshape(N, H), params[cell_name("U", l, d)])
+                             for d in range(D)], l - 1, drop)
+            return
+
+        # per-output truncation (unidirectional): in each layer L = k+1 live streams in a
+        # ring, slot t % L for output t; step by step through all layers from the top
+        for G in ws.G:
+            G.fill(0)
+        for j in range(T - 1, -1, -1):
+            for l in range(top, -1, -1):
+                G, dz_all, E = ws.G[l], ws.dz_all[l], ws.errors[l]
+                if l == top:
+                    xp.copyto(G[j % L], E[j])  # output j's stream starts here; frees t = j+L
+                else:  # the streams' errors from layer l+1 at step j, through its U
+                    G[j % L].fill(0)
+                    U = params[cell_name("U", l + 1, 0)]
+                    above = ws.dz_all[l + 1].reshape(L * B, H)
+                    if drop is None:
+                        ops.gemm(above, U, G.reshape(L * B, H), 1.0)
+                    else:
+                        if ws.Gtmp is None:
+                            ws.Gtmp = xp.empty((L, B, H), dtype=self.dtype)
+                        ops.gemm(above, U, ws.Gtmp.reshape(L * B, H), 0.0)
+                        ws.Gtmp *= drop[l][j]
+                        G += ws.Gtmp
+                trunc_backward_step(ops, G, ws.states[l][j + 1], k(j), dz_all, E[j],
+                                    params[cell_name("W", l, 0)], self.act, j == 0)
+        for l in range(top, -1, -1):
+            self._cell_grads(ws, x, l, 0)
+
+    def run_step(self, ws: Workspace, params, x, y, h0, keep, truncate, drop=None,
+                 weight=None) -> None:
         """The whole training step on device arrays, with no host read: states, loss per
         token (ws.loss) and gradients (self.grads). What eager calls and the captured
         CUDA Graph both run."""
-        self.forward_states(ws, params, x, h0, keep)
-        self.output_layer(ws, params, y, keep, drop)
+        self.forward_states(ws, params, x, h0, keep, drop)
+        self.output_layer(ws, params, y, keep, drop, weight)
         self.backward(ws, params, x, keep, truncate, drop)
 
     def summed_loss(self, ws: Workspace) -> float:
         """The loss of the last step run on `ws`, summed in float64 (a host read)."""
         return float(ws.loss.sum(dtype=self.xp.float64))
 
+    def h_last(self, ws: Workspace, T: int):
+        """A fresh copy of the last states (:meth:`state_shape`): each forward direction's
+        after step T-1, each reverse direction's after step 0."""
+        if self.cells == 1:
+            return ws.S[T].copy()
+        B, H = ws.carry.shape
+        out = self.xp.empty((self.cells, B, H), dtype=self.dtype)
+        for i, S in enumerate(ws.states):
+            self.xp.copyto(out[i], S[T] if i % self.D == 0 else S[0])
+        return out
+
     # ---------------------------------------------------------------------------------
 
-    def loss_and_grads(self, params, x, y, h0, keep, truncate, drop=None) -> tuple[float, dict, Any]:
-        """x, y, h0, keep, drop: validated arrays on this backend (keep: (T, B) 0/1 or
-        None; drop: (T, B, H) output-dropout multipliers or None)."""
+    def loss_and_grads(self, params, x, y, h0, keep, truncate, drop=None,
+                       weight=None) -> tuple[float, dict, Any]:
+        """x, y, h0, keep, drop, weight: validated arrays on this backend (keep: (T, B)
+        0/1 or None; drop: :meth:`dropout_shape` multipliers or None; weight: (T, B) loss
+        weights or None)."""
         T, B = x.shape[:2]
         ws = self.workspace(T, B, x.ndim == 3, truncate, keep is not None)
-        self.run_step(ws, params, x, y, h0, keep, truncate, drop)
-        return self.summed_loss(ws), self.grads, ws.S[T].copy()
+        self.run_step(ws, params, x, y, h0, keep, truncate, drop, weight)
+        return self.summed_loss(ws), self.grads, self.h_last(ws, T)
 
-    def loss(self, params, x, y, h0, keep) -> tuple[float, Any]:
+    def loss(self, params, x, y, h0, keep, drop=None, weight=None) -> tuple[float, Any]:
         """Forward only: the summed loss and the last state."""
         T, B = x.shape[:2]
         ws = self.workspace(T, B, x.ndim == 3, None, keep is not None)
-        self.forward_states(ws, params, x, h0, keep)
-        self.output_layer(ws, params, y, keep)
-        return self.summed_loss(ws), ws.S[T].copy()
+        self.forward_states(ws, params, x, h0, keep, drop)
+        self.output_layer(ws, params, y, keep, drop, weight)
+        return self.summed_loss(ws), self.h_last(ws, T)
 
     def forward(self, params, x, h0, keep) -> tuple[Any, Any]:
-        """Logits (T, B, O), a fresh array, and the last state (B, H)."""
+        """Logits (T, B, O), a fresh array, and the last state (:meth:`state_shape`)."""
         T, B = x.shape[:2]
         ws = self.workspace(T, B, x.ndim == 3, None, keep is not None)
         self.forward_states(ws, params, x, h0, keep)
-        N, H = T * B, self.sizes[1]
+        N = T * B
+        F = self._features(ws, self.num_layers - 1, None, T)
         logits = self.xp.empty((N, self.sizes[2]), dtype=self.dtype)
-        self.ops.gemm(ws.S[1:].reshape(N, H), params["V"].T, logits, 0.0)
+        self.ops.gemm(F, params["V"].T, logits, 0.0)
         logits += params["c"]
-        return logits.reshape(T, B, -1), ws.S[T].copy()
+        return logits.reshape(T, B, -1), self.h_last(ws, T)

@@ -4,6 +4,10 @@
     o_t = g(V h_t + c)                    g + loss: softmax + cross-entropy (default),
                                           sigmoid + binary cross-entropy, linear + 1/2 squared error
     L   = sum over all steps and sequences of L_t
+
+Stacked (``num_layers``) and bidirectional: layer l > 0 reads [forward state, reverse
+state] of layer l-1 and the output layer reads that of the top layer (PyTorch's wiring);
+a reverse direction runs from step T-1 down to 0.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import numpy as np
 from . import reference
 from .backend import Backend, get_backend, is_cupy_array, to_numpy
 from .engine import Engine
-from .reference import ACTIVATIONS, OUTPUTS, PARAM_NAMES, param_shapes
+from .reference import ACTIVATIONS, OUTPUTS, PARAM_NAMES, param_names, param_shapes
 
 DTYPES = ("float32", "float64")
 __all__ = ["RNN", "DTYPES", "PARAM_NAMES"]
@@ -33,18 +37,26 @@ def _check_choice(name: str, v, choices) -> str:
 
 
 class RNN:
-    """Elman RNN with parameters U (H, I), W (H, H), V (O, H), b (H,), c (O,).
+    """Elman RNN with parameters U (H, I), W (H, H), V (O, D*H), b (H,), c (O,).
 
-    Parameters start uniform in +-1/sqrt(H) (biases zero), reproducibly from `seed`, and
-    live on the chosen backend ("auto", "numpy" or "cupy") in `dtype`.
+    With ``num_layers`` > 1, layer l >= 1 has "U{l}" (H, D*H), "W{l}" (H, H), "b{l}" (H,);
+    with ``bidirectional``, every layer's reverse direction has the same names plus
+    "_reverse" (D = 2). Parameters start uniform in +-1/sqrt(H) (biases zero),
+    reproducibly from `seed`, and live on the chosen backend ("auto", "numpy" or "cupy")
+    in `dtype`.
     """
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int, *,
+                 num_layers: int = 1, bidirectional: bool = False,
                  backend: str | Backend = "auto", dtype: str = "float32", seed: int = 0,
                  hidden_activation: str = "tanh", output: str = "softmax"):
         I = _check_positive_int("input_size", input_size)
         H = _check_positive_int("hidden_size", hidden_size)
         O = _check_positive_int("output_size", output_size)
+        num_layers = _check_positive_int("num_layers", num_layers)
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise ValueError(f"bidirectional: expected True or False, got {bidirectional!r}")
+        bidirectional = bool(bidirectional)
         try:
             dtype_name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
         except TypeError:
@@ -60,21 +72,27 @@ class RNN:
         self.hidden_activation = hidden_activation
         self.output = output
         self.seed = int(seed)
+        self.num_layers, self.bidirectional = num_layers, bidirectional
 
         rng = np.random.default_rng(self.seed)
         r = 1.0 / np.sqrt(H)
-        shapes = param_shapes(I, H, O)
+        shapes = param_shapes(I, H, O, num_layers, bidirectional)
         host = {k: rng.uniform(-r, r, shapes[k]) for k in ("U", "W", "V")}  # this order:
         host.update(b=np.zeros(H), c=np.zeros(O))  # the init stream of every seed so far
+        for k, shape in shapes.items():  # then the other layers and directions, in order
+            if k not in host:
+                host[k] = np.zeros(shape) if k[0] == "b" else rng.uniform(-r, r, shape)
         self.params: dict[str, Any] = {
             k: self.backend.asarray(np.ascontiguousarray(v, dtype=self.dtype))
             for k, v in host.items()
         }
-        # U is stored as U^T (I, H) in C order and exposed as its (H, I) view: the token
-        # gather then reads whole rows and never copies a transpose.
-        self.params["U"] = self.backend.asarray(
-            np.ascontiguousarray(host["U"].T, dtype=self.dtype)).T
-        self._engine = Engine(self.backend, self.dtype, (I, H, O), hidden_activation, output)
+        # Layer 0's U is stored as U^T (I, H) in C order and exposed as its (H, I) view:
+        # the token gather then reads whole rows and never copies a transpose.
+        for k in ("U", "U_reverse") if bidirectional else ("U",):
+            self.params[k] = self.backend.asarray(
+                np.ascontiguousarray(host[k].T, dtype=self.dtype)).T
+        self._engine = Engine(self.backend, self.dtype, (I, H, O), hidden_activation, output,
+                              num_layers, bidirectional)
 
     # ---------------------------------------------------------------------------------
 
@@ -85,7 +103,8 @@ class RNN:
             "input_size": self.input_size, "hidden_size": self.hidden_size,
             "output_size": self.output_size, "dtype": self.dtype.name,
             "hidden_activation": self.hidden_activation, "output": self.output,
-            "seed": self.seed,
+            "seed": self.seed, "num_layers": self.num_layers,
+            "bidirectional": self.bidirectional,
         }
 
     @classmethod
@@ -99,14 +118,32 @@ class RNN:
             sizes = c.pop("input_size"), c.pop("hidden_size"), c.pop("output_size")
         except KeyError as e:
             raise ValueError(f"config: missing {e.args[0]!r}") from None
-        known = {"dtype", "hidden_activation", "output", "seed"}
+        known = {"dtype", "hidden_activation", "output", "seed", "num_layers", "bidirectional"}
         m = cls(*sizes, backend=backend, **{k: v for k, v in c.items() if k in known})
         if params is not None:
             m.load_params(params)
         return m
 
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """The names of this model's parameters (see :func:`rnn_gpu.reference.param_shapes`)."""
+        return param_names(self.num_layers, self.bidirectional)
+
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each parameter's shape."""
+        return param_shapes(self.input_size, self.hidden_size, self.output_size,
+                            self.num_layers, self.bidirectional)
+
+    def state_shape(self, B: int) -> tuple[int, ...]:
+        """The shape of h0 and h_last: (B, H) for one unidirectional layer, else
+        (num_layers*D, B, H), index l*D + d (PyTorch's h_n layout)."""
+        return self._engine.state_shape(B)
+
     def __repr__(self) -> str:
-        return (f"RNN({self.input_size}, {self.hidden_size}, {self.output_size}, "
+        stack = "" if self.num_layers == 1 else f"num_layers={self.num_layers}, "
+        stack += "bidirectional=True, " if self.bidirectional else ""
+        return (f"RNN({self.input_size}, {self.hidden_size}, {self.output_size}, {stack}"
                 f"backend={self.backend.name!r}, dtype={self.dtype.name!r}, "
                 f"hidden_activation={self.hidden_activation!r}, output={self.output!r})")
 
@@ -120,7 +157,7 @@ class RNN:
 
     def load_params(self, params: dict) -> None:
         """Copy parameters (NumPy or backend arrays) into this model, checking shapes."""
-        for name in PARAM_NAMES:
+        for name in self.param_names:
             if name not in params:
                 raise ValueError(f"params: missing {name!r}")
             v = params[name]
@@ -206,7 +243,7 @@ class RNN:
         h0 = self._array("h0", h0)
         if h0 is None:
             return None
-        want = (B, self.hidden_size)
+        want = self.state_shape(B)
         if tuple(h0.shape) != want or h0.dtype.kind != "f":
             raise ValueError(f"h0: expected floats of shape {want}, got {h0.dtype} array "
                              f"of shape {tuple(h0.shape)}")
@@ -226,12 +263,14 @@ class RNN:
             raise ValueError("mask: expected 0/1 (or boolean) values, got other values")
         return keep
 
-    @staticmethod
-    def _check_truncate(truncate):
+    def _check_truncate(self, truncate):
         if truncate is None:
             return None
         if isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)) or truncate < 0:
             raise ValueError(f"truncate: expected None or an integer >= 0, got {truncate!r}")
+        if self.bidirectional:
+            raise ValueError("truncate: truncation is defined for unidirectional models; "
+                             "got truncate with bidirectional=True")
         return int(truncate)
 
     def _prepare(self, x, y, h0, mask, need_y=True):
@@ -255,11 +294,25 @@ class RNN:
 
     # ---------------------------------------------------------------------------------
 
+    def _check_loss_mask(self, loss_mask, keep, T, B):
+        """The loss weights mask * loss_mask (T, B), or None when loss_mask is None."""
+        lm = self._array("loss_mask", loss_mask)
+        if lm is None:
+            return None
+        if tuple(lm.shape) != (T, B) or lm.dtype.kind not in "fiub":
+            raise ValueError(f"loss_mask: expected float weights of shape ({T}, {B}) to match "
+                             f"x, got {lm.dtype} array of shape {tuple(lm.shape)}")
+        w = self.backend.asarray(lm, dtype=self.dtype)
+        if not bool((self.backend.xp.isfinite(w) & (w >= 0)).all()):
+            raise ValueError("loss_mask: expected finite weights >= 0")
+        w = self.backend.xp.ascontiguousarray(w)
+        return w if keep is None else w * keep
+
     def _check_dropout(self, drop, T, B):
         drop = self._array("dropout", drop)
         if drop is None:
             return None
-        want = (T, B, self.hidden_size)
+        want = self._engine.dropout_shape(T, B)
         if tuple(drop.shape) != want or drop.dtype.kind != "f":
             raise ValueError(
                 f"dropout: expected float multipliers of shape {want} (0 for a dropped "
@@ -269,35 +322,60 @@ class RNN:
             raise ValueError("dropout: expected finite multipliers >= 0")
         return self.backend.xp.ascontiguousarray(d)
 
-    def loss_and_grads(self, x, y, h0=None, truncate=None, mask=None, dropout=None):
+    def loss_and_grads(self, x, y, h0=None, truncate=None, mask=None, loss_mask=None,
+                       dropout=None):
         """Summed loss, gradients and last state for one batch of sequences.
 
         x: token ids (T, B) or floats (T, B, I); y: ids (T, B) for softmax, floats
-        (T, B, O) otherwise; h0: initial state (B, H) or None for zeros (the gradient stops
-        at h0, so chunked truncated BPTT is one call per chunk); truncate: None for full
-        BPTT or k >= 0 (each output's error reaches its own step and at most k earlier
-        ones); mask: (T, B) 0/1, masked steps are skipped (no loss, no gradient, state
-        carried through unchanged); dropout: (T, B, H) multipliers applied to the states
-        the output layer sees (inverted dropout: 0 or 1/(1-p); the recurrence is
-        untouched), or None. Inputs may be NumPy arrays on either backend.
+        (T, B, O) otherwise; h0: initial state (:meth:`state_shape`: (B, H) for one
+        unidirectional layer, else (num_layers*D, B, H), index l*D + d; a reverse
+        direction's enters at the last step) or None for zeros (the gradient stops at h0,
+        so chunked truncated BPTT is one call per chunk); truncate: None for full BPTT or
+        k >= 0, unidirectional only (each output's loss with the states of all layers k+1
+        steps back held fixed); mask: (T, B) 0/1, masked steps are skipped in every layer
+        and direction (no loss, no gradient, state carried through unchanged);
+        loss_mask: (T, B) weights >= 0 on each step's loss (the step still runs);
+        dropout: multipliers, (T, B, H) for one unidirectional layer, else
+        (num_layers, T, B, D*H): layer l's output is multiplied before layer l+1 (or the
+        output layer) reads it (inverted dropout: 0 or 1/(1-p); every recurrence keeps
+        its undropped states), or None. Inputs may be NumPy arrays on either backend.
 
         Returns (loss: float, grads: dict of backend arrays keyed like `params`,
-        h_last: (B, H) backend array). The gradient arrays are reused by the next call.
+        h_last: backend array of :meth:`state_shape`; a reverse direction's is its state
+        after step 0). The gradient arrays are reused by the next call.
         """
         truncate = self._check_truncate(truncate)
         xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
+        weight = self._check_loss_mask(loss_mask, keep, *xb.shape[:2])
         drop = self._check_dropout(dropout, *xb.shape[:2])
-        return self._engine.loss_and_grads(self.params, xb, yb, h0b, keep, truncate, drop)
+        return self._engine.loss_and_grads(self.params, xb, yb, h0b, keep, truncate, drop,
+                                           weight)
 
-    def loss(self, x, y, h0=None, mask=None) -> tuple[float, Any]:
-        """Forward only: (summed loss, last state (B, H))."""
+    def loss(self, x, y, h0=None, mask=None, loss_mask=None, dropout=None) -> tuple[float, Any]:
+        """Forward only: (summed loss, last state (:meth:`state_shape`))."""
         xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
-        return self._engine.loss(self.params, xb, yb, h0b, keep)
+        weight = self._check_loss_mask(loss_mask, keep, *xb.shape[:2])
+        drop = self._check_dropout(dropout, *xb.shape[:2])
+        return self._engine.loss(self.params, xb, yb, h0b, keep, drop, weight)
 
     def forward(self, x, h0=None, mask=None) -> tuple[Any, Any]:
-        """Logits (T, B, O) before the output nonlinearity, and the last state (B, H)."""
+        """Logits (T, B, O) before the output nonlinearity, and the last state
+        (:meth:`state_shape`)."""
         xb, _, h0b, keep = self._prepare(x, None, h0, mask, need_y=False)
         return self._engine.forward(self.params, xb, h0b, keep)
+
+    def log_prob(self, x, h0=None, mask=None):
+        """Log-probabilities (T, B, O) of the softmax output, a backend array: the
+        logits minus their log-sum-exp over classes."""
+        if self.output != "softmax":
+            raise ValueError(f"log_prob: expected a model with output='softmax', got "
+                             f"output={self.output!r}")
+        xp = self.backend.xp
+        z, _ = self.forward(x, h0=h0, mask=mask)
+        zmax = z.max(axis=-1, keepdims=True)
+        z -= zmax
+        z -= xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
+        return z
 
     def step(self, x_t, h=None) -> tuple[Any, Any]:
         """One time step, for sampling: x_t ids (B,) or floats (B, I) -> (logits (B, O), h)."""
@@ -307,17 +385,20 @@ class RNN:
         logits, h_new = self.forward(x_t[None], h0=h)
         return logits[0], h_new
 
-    def reference_loss_and_grads(self, x, y, h0=None, truncate=None, mask=None, dropout=None):
+    def reference_loss_and_grads(self, x, y, h0=None, truncate=None, mask=None,
+                                 loss_mask=None, dropout=None):
         """The clear float64 reference (rnn_gpu.reference) on this model's parameters.
 
         Returns (loss, grads as float64 NumPy arrays, h_last as a NumPy array).
         """
         truncate = self._check_truncate(truncate)
         xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
+        self._check_loss_mask(loss_mask, keep, *xb.shape[:2])
         drop = self._check_dropout(dropout, *xb.shape[:2])
         return reference.loss_and_grads(
             {k: to_numpy(v) for k, v in self.params.items()}, to_numpy(xb), to_numpy(yb),
             h0=None if h0b is None else to_numpy(h0b), truncate=truncate,
             mask=None if keep is None else to_numpy(keep),
             hidden_activation=self.hidden_activation, output=self.output,
-            drop=None if drop is None else to_numpy(drop))
+            drop=None if drop is None else to_numpy(drop),
+            loss_mask=None if loss_mask is None else np.asarray(to_numpy(loss_mask), np.float64))
