@@ -140,6 +140,11 @@ class RNN:
         (num_layers*D, B, H), index l*D + d (PyTorch's h_n layout)."""
         return self._engine.state_shape(B)
 
+    def dropout_shape(self, T: int, B: int) -> tuple[int, ...]:
+        """The shape of `dropout`: (T, B, H) for one unidirectional layer, else
+        (num_layers, T, B, D*H)."""
+        return self._engine.dropout_shape(T, B)
+
     def __repr__(self) -> str:
         stack = "" if self.num_layers == 1 else f"num_layers={self.num_layers}, "
         stack += "bidirectional=True, " if self.bidirectional else ""

@@ -183,7 +183,7 @@ def forward_stack(params, x, h0, mask, hidden_activation, drop):
     return states, feats
 
 
-def _prepare(params, x, h0, mask, drop, loss_mask):
+def prepare_inputs(params, x, h0, mask, drop, loss_mask):
     """float64 copies, and h0 (num_layers*D, B, H), mask (T, B), drop (num_layers, T, B,
     D*H) and the loss weights mask * loss_mask (T, B) in their general layouts."""
     p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
@@ -220,7 +220,7 @@ def loss_and_grads(params, x, y, *, h0=None, truncate=None, mask=None,
     only); drop: dropout multipliers, (T, B, H) for one unidirectional layer, else
     (num_layers, T, B, D*H), or None; loss_mask: (T, B) loss weights >= 0 or None.
     """
-    p, x, h0, mask, weight, drop = _prepare(params, x, h0, mask, drop, loss_mask)
+    p, x, h0, mask, weight, drop = prepare_inputs(params, x, h0, mask, drop, loss_mask)
     num_layers, D = structure(p)
     if D == 2 and truncate is not None:
         raise ValueError("truncate: truncation is defined for unidirectional models only")
@@ -315,7 +315,7 @@ def _backward_layered(p, grads, x, states, feats, mask, drop, delta_o, act):
 def loss_only(params, x, y, *, h0=None, mask=None, hidden_activation="tanh", output="softmax",
               drop=None, loss_mask=None):
     """The loss alone (full forward, no truncation), in float64."""
-    p, x, h0, mask, weight, drop = _prepare(params, x, h0, mask, drop, loss_mask)
+    p, x, h0, mask, weight, drop = prepare_inputs(params, x, h0, mask, drop, loss_mask)
     _, feats = forward_stack(p, x, h0, mask, hidden_activation, drop)
     total = 0.0
     for t in range(x.shape[0]):
@@ -335,7 +335,7 @@ def truncated_surrogate_loss(params, anchor_states, x, y, *, truncate, mask=None
     this function check a truncated gradient exactly. anchor_states: (T+1, B, H) for one
     layer, or a list with one such array per layer (unidirectional stacks only).
     """
-    p, x, _, mask, weight, drop = _prepare(params, x, None, mask, drop, loss_mask)
+    p, x, _, mask, weight, drop = prepare_inputs(params, x, None, mask, drop, loss_mask)
     num_layers, D = structure(p)
     if D == 2:
         raise ValueError("truncate: truncation is defined for unidirectional models only")
