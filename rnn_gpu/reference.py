@@ -24,6 +24,17 @@ reaching s_t from its output is d_t * V^T (o_t - d_t). The recurrence is untouch
 A masked step (mask 0) is skipped: it adds no loss, ignores its input, and passes the
 state through unchanged (s_j = s_{j-1}), so its Jacobian is the identity and no gradient
 reaches the parameters through it. Truncation windows count time steps, masked or not.
+Loss weights (``loss_mask``, (T, B) floats >= 0) multiply L_t: the step still runs.
+
+Stacks (PyTorch's wiring). Layer l of ``num_layers`` has its own U, W, b per direction
+(names in :func:`param_shapes`); layer 0 reads x_t, layer l > 0 reads the features of
+layer l-1, F_t = [s^fwd_t, s^rev_t] * drop_l,t (D*H of them), and the output layer reads
+the top layer's. A reverse direction runs the same recursion from step T-1 down to 0:
+s^rev_t = f(U x_t + W s^rev_{t+1} + b), s^rev_T = its h0. Backward, full BPTT goes
+layer by layer from the top (:func:`_backward_layered`); for a unidirectional stack every
+output's error runs back through its window in all layers at once
+(:func:`_backward_per_output`), so that truncation holds the states of *every* layer at
+step t - truncate - 1 fixed (:func:`truncated_surrogate_loss`).
 """
 from __future__ import annotations
 
