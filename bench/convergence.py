@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--clip", type=float, default=5.0)
     p.add_argument("--schedule", choices=("constant", "plateau", "mikolov", "cosine"),
                    default="constant",
-                   help="learning-rate schedule, the same rnn_gpu.schedule object driving both "
+                   help="learning-rate schedule, the same rnn_gpu.lm.schedule object driving both "
                         "(default constant); cosine decays to zero over --budget seconds")
     p.add_argument("--dropout", type=float, default=0.0,
                    help="dropout on the RNN outputs before the output layer, for both (default 0)")
@@ -87,7 +87,7 @@ def record(args, impl: str, **fields) -> dict:
 def run_rnn_gpu(args) -> dict:
     from rich.console import Console
 
-    from rnn_gpu.train import TrainConfig, Trainer
+    from rnn_gpu.lm import TrainConfig, Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(
@@ -114,8 +114,8 @@ def run_torch(args) -> dict:
     import torch
     from torch import nn
 
-    from rnn_gpu.data import batchify, get_chunk, load_corpus, n_chunks
-    from rnn_gpu.schedule import make_schedule
+    from rnn_gpu.lm.data import batchify, get_chunk, load_corpus, n_chunks
+    from rnn_gpu.lm.schedule import make_schedule
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

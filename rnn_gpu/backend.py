@@ -24,6 +24,7 @@ import numpy as np
 from .cuda.blas import CublasGemm
 from .cuda.compile import RawModuleLoader, kernel_dir, kernel_source, module_source, nvrtc_options
 from .cuda.compile import raw_module as _raw_module
+from .cuda.cublas_capi import load_capi
 from .cuda.launchers import CudaOps
 from .machine import machine_info
 from .ops.numpy_ops import NumpyOps
@@ -112,11 +113,45 @@ def _probe_cupy() -> tuple[Any, str | None, str]:
         props = cupy.cuda.runtime.getDeviceProperties(dev.id)
         name = props["name"]
         name = name.decode() if isinstance(name, bytes) else str(name)
-        cupy.zeros(1).sum()  # a real launch: catches a driver/toolkit mismatch early
     except Exception as e:
         return None, f"CuPy sees a device but cannot run on it ({type(e).__name__}: {e})", ""
+    why = _run_probe(cupy)
+    if why is not None:
+        return None, why, ""
     cc = props.get("major", "?"), props.get("minor", "?")
     return cupy, None, f"{name} (device {dev.id}, compute capability {cc[0]}.{cc[1]})"
+
+
+_PROBE_KERNEL = r"""
+extern "C" __global__ void rnn_probe(float* x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += (float)i;
+}
+"""
+
+
+def _run_probe(cupy) -> str | None:
+    """Compile and launch one tiny kernel (NVRTC, the driver) and run one GEMM (cuBLAS),
+    and check both results; the reason it failed, or None."""
+    try:
+        k = cupy.RawKernel(_PROBE_KERNEL, "rnn_probe", options=("--std=c++14",))
+        x = cupy.ones(64, dtype=cupy.float32)
+        k((1,), (64,), (x, np.int32(64)))
+        ok = bool(abs(float(x.sum()) - (64 + 63 * 64 / 2)) < 1e-3)
+    except Exception as e:
+        return (f"CuPy cannot compile or launch a kernel ({type(e).__name__}: {e}); NVRTC and "
+                "the driver must match: pip install 'rnn-gpu[cuda12]' (or '[cuda13]')")
+    if not ok:
+        return "CuPy launched a test kernel that computed a wrong result"
+    try:
+        a = cupy.full((8, 8), 0.5, dtype=cupy.float32)
+        ok = bool(abs(float((a @ a).sum()) - 8 * 8 * 8 * 0.25) < 1e-3)
+    except Exception as e:
+        return (f"CuPy cannot run a cuBLAS GEMM ({type(e).__name__}: {e}); install the CUDA "
+                "libraries: pip install 'rnn-gpu[cuda12]' (or '[cuda13]')")
+    if not ok:
+        return "cuBLAS computed a wrong result for a test GEMM"
+    return None
 
 
 def cupy_unavailable_reason() -> str | None:
@@ -149,7 +184,10 @@ def _cupy_backend() -> Backend:
         raise RuntimeError(f"backend 'cupy' is not usable: {why}. To fix: {_FIX_HINT}.")
     from cupy.cuda import cublas  # noqa: PLC0415 - the probe has imported it already
 
-    return cuda_backend(cp, cublas, device)
+    capi = load_capi()  # the capturable binding, on the library CuPy just loaded
+    if capi is None:
+        log.info("rnn_gpu: cuBLAS's C API not found; GEMMs go through CuPy (no CUDA Graphs)")
+    return cuda_backend(cp, cublas if capi is None else capi, device)
 
 
 def get_backend(name: str | Backend | None = "auto") -> Backend:

@@ -11,7 +11,9 @@ import dataclasses
 import sys
 from typing import Sequence
 
+from .backend import BACKENDS
 from .errors import RnnGpuError
+from .model import PARAM_NAMES
 
 TRAIN_HELP = """\
 Train a language model. With no options: a character model of the documentation every
@@ -28,7 +30,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from .train import DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET, TrainConfig  # noqa: PLC0415
+    from .lm import INPUT_INITS, LEVELS, OPTIMIZERS, SCHEDULES  # noqa: PLC0415
+    from .lm.config import DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET, TrainConfig  # noqa: PLC0415
+    from .model import DTYPES  # noqa: PLC0415
+    from .reference import ACTIVATIONS  # noqa: PLC0415
 
     d = TrainConfig()
     g = p.add_argument_group("data")
@@ -36,20 +41,23 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--valid", metavar="PATH", help="validation text (default: split off --valid-fraction)")
     g.add_argument("--valid-fraction", type=float, metavar="F",
                    help=f"last fraction of --data used for validation (default {d.valid_fraction})")
-    g.add_argument("--level", choices=("char", "word"), help="tokens: characters or words (default char)")
+    g.add_argument("--level", choices=LEVELS, help="tokens: characters or words (default char)")
     g.add_argument("--vocab-size", type=int, metavar="N",
                    help=f"word level: vocabulary cap incl. <unk>, <eos> (default {d.vocab_size})")
     g = p.add_argument_group("model")
     g.add_argument("--hidden", type=int, metavar="H", help=f"hidden units (default {d.hidden})")
-    g.add_argument("--activation", choices=("tanh", "sigmoid", "relu"), help="hidden nonlinearity (default tanh)")
-    g.add_argument("--input-init", choices=("embedding", "uniform"),
+    g.add_argument("--activation", choices=ACTIVATIONS, help="hidden nonlinearity (default tanh)")
+    g.add_argument("--input-init", choices=INPUT_INITS,
                    help="embedding (default): U starts in +-1 and, with adam/adagrad, learns "
                         "--input-lr-scale times faster; uniform: the RNN's +-1/sqrt(H) and one rate")
     g.add_argument("--input-lr-scale", type=float, metavar="X",
                    help="multiplier of U's learning rate (default 2*sqrt(H) with the embedding "
                         "init and adam/adagrad, else 1)")
-    g.add_argument("--dtype", choices=("float32", "float64"), help="parameter dtype (default float32)")
-    g.add_argument("--backend", choices=("auto", "numpy", "cupy"), help="array backend (default auto)")
+    g.add_argument("--dtype", choices=DTYPES, help="parameter dtype (default float32)")
+    g.add_argument("--backend", choices=BACKENDS, help="array backend (default auto)")
+    g.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                   help="on the CuPy backend, run each step eagerly instead of replaying one "
+                        "captured CUDA Graph per step shape")
     g.add_argument("--seed", type=int, help=f"seed for initialization and sampling (default {d.seed})")
     g = p.add_argument_group("truncated BPTT")
     g.add_argument("--batch-size", type=int, metavar="B", help=f"parallel streams (default {d.batch_size})")
@@ -58,7 +66,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--truncate", type=int, metavar="K",
                    help="per-output BPTT window inside a chunk (default: the whole chunk)")
     g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", choices=("sgd", "adagrad", "adam"), help="default adam")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam")
     g.add_argument("--lr", type=float, help="learning rate (default: adam 2e-3, adagrad 0.1, sgd 1.0)")
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
     g.add_argument("--clip", type=float,
@@ -66,7 +74,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, metavar="P",
                    help="dropout rate on the hidden states the output layer sees, in training "
                    "(default 0)")
-    g.add_argument("--schedule", choices=("constant", "plateau", "mikolov", "cosine"),
+    g.add_argument("--schedule", choices=SCHEDULES,
                    help="learning-rate schedule (default constant): plateau = divide by 4 when "
                    "validation does not improve; mikolov = restore on regression, halve "
                    "after a plateau, stop at the next; cosine = from --lr down to 0 over "
@@ -115,13 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=1.0, help="0 = always the most likely token (default 1.0)")
     s.add_argument("--prime", default="", help="text to start from")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    s.add_argument("--backend", choices=BACKENDS, default="auto")
     s.set_defaults(func=cmd_sample)
 
     g = sub.add_parser("gradcheck", help="check BPTT gradients against finite differences",
                        description="Check the engine's gradients against central differences "
                        "on small random float64 models, for every activation, output and truncation.")
-    g.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    g.add_argument("--backend", choices=BACKENDS, default="auto")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--tolerance", type=float, default=1e-6, help="largest relative error accepted (default 1e-6)")
     g.set_defaults(func=cmd_gradcheck)
@@ -139,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import DEFAULT_CHECKPOINT, TrainConfig, Trainer  # noqa: PLC0415
+    from .lm import DEFAULT_CHECKPOINT, TrainConfig, Trainer  # noqa: PLC0415
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     opts = {k: v for k, v in vars(args).items() if k in names}
@@ -164,13 +172,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint  # noqa: PLC0415
     from .errors import CheckpointError  # noqa: PLC0415
-    from .sample import sample  # noqa: PLC0415
+    from .lm.checkpoint import load_checkpoint  # noqa: PLC0415
+    from .lm.checks import expect, non_negative_number  # noqa: PLC0415
+    from .lm.sample import prime_ids, sample  # noqa: PLC0415
 
     ck = load_checkpoint(args.checkpoint, backend=args.backend)
     if ck.vocab is None:
         raise CheckpointError(f"checkpoint {args.checkpoint} has no vocabulary; it cannot be sampled")
+    expect(args.length >= 0, "--length", "a non-negative integer", args.length)
+    non_negative_number("--temperature", args.temperature)
+    if args.prime:
+        prime_ids(ck.vocab, args.prime, what="--prime")
     text = sample(ck.model, ck.vocab, args.length, prime=args.prime,
                   temperature=args.temperature, seed=args.seed)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -221,7 +234,7 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
     be = get_backend(args.backend)
     rows = run_gradchecks(be.name, args.seed)
-    names = ("U", "W", "V", "b", "c")
+    names = PARAM_NAMES
     table = Table(title=f"gradient check (float64, {be.name}): max relative error, "
                   "BPTT vs central differences", box=box.SIMPLE_HEAD)
     for col in ("activation", "output", "truncate", *names, "result"):

@@ -28,6 +28,7 @@ Buffers live in a workspace per input shape, allocated once and reused across ca
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .reference import cell_name, param_shapes
@@ -103,6 +104,7 @@ class Workspace:
         if L:
             self.G = [e(L, B, H) for _ in range(num_layers)]
             self.dz_all = [e(L, B, H) for _ in range(num_layers)]
+            self.dz_all2 = [e(L, B, H) for _ in range(num_layers)]  # fused: two, alternating
             self.Gtmp = None  # (L, B, H) the error from the layer above, before dropout
 
 
@@ -169,6 +171,20 @@ class Engine:
             self._workspaces.move_to_end(key)
         return ws
 
+    def buffer_bytes(self) -> int:
+        """Bytes this engine keeps between calls: gradient buffers and workspaces."""
+        total = sum(int(g.nbytes) for g in self.grads.values())
+        for ws in self._workspaces.values():
+            for v in vars(ws).values():
+                for a in (v.values() if isinstance(v, dict) else
+                          v if isinstance(v, list) else (v,)):
+                    total += int(a.nbytes) if hasattr(a, "nbytes") else 0
+        return total
+
+    def release_workspaces(self) -> None:
+        """Drop the workspaces (made again on the next call)."""
+        self._workspaces.clear()
+
     def _drop(self, drop, T: int, B: int):
         """Dropout multipliers as (num_layers, T, B, D*H) (a view), or None."""
         if drop is None:
@@ -210,6 +226,7 @@ class Engine:
         T, B = x.shape[:2]
         N, H, D = T * B, self.sizes[1], self.D
         drop = self._drop(drop, T, B)
+        fused = ops.recurrence(B, H, self.dtype) == "fused"
         inp = None
         for l in range(self.num_layers):
             ws.inputs[l] = inp
@@ -242,14 +259,15 @@ class Engine:
                         ws.WT[i] = xp.empty(WT.shape, dtype=self.dtype)
                     xp.copyto(ws.WT[i], WT)
                     WT = ws.WT[i]
+                # one fused kernel per step (the product and the activation), or the GEMM
+                # and the pointwise kernel: the kernel set chooses by shape
+                step = ops.recur_forward if fused else partial(forward_step, ops)
                 if d == 0:
                     for t in range(T):
-                        forward_step(ops, S[t], WT, S[t + 1], None if keep is None else keep[t],
-                                     self.act)
+                        step(S[t], WT, S[t + 1], None if keep is None else keep[t], self.act)
                 else:  # the reverse direction: from step T-1 down to 0
                     for t in range(T - 1, -1, -1):
-                        forward_step(ops, S[t + 1], WT, S[t], None if keep is None else keep[t],
-                                     self.act)
+                        step(S[t + 1], WT, S[t], None if keep is None else keep[t], self.act)
             if l + 1 < self.num_layers:
                 inp = self._features(ws, l, drop, T)
 
@@ -343,6 +361,11 @@ class Engine:
         k = lambda t: None if keep is None else keep[t]  # noqa: E731
 
         L = live_streams(T, truncate)
+        fused = ops.recurrence(B, H, self.dtype) == "fused"
+        if fused and L and self.num_layers == 1:
+            self._backward_fused(ws, params["W"], T, keep, L)
+            self._cell_grads(ws, x, 0, 0)
+            return
         if not L:  # full BPTT, layer by layer from the top: one carried error per direction
             carry = ws.carry
             for l in range(top, -1, -1):
@@ -351,7 +374,10 @@ class Engine:
                     S, E = ws.states[i], ws.errors[i]
                     W = params[cell_name("W", l, d)]
                     carry.fill(0)
-                    if d == 0:
+                    if fused:
+                        self._backward_fused_cell(W, carry if keep is not None else None, S, E,
+                                                  keep, d, T)
+                    elif d == 0:
                         for t in range(T - 1, -1, -1):
                             backward_step(ops, carry, E[t], S[t + 1], k(t), E[t], W, self.act,
                                           t == 0)
@@ -391,6 +417,35 @@ class Engine:
                                     params[cell_name("W", l, 0)], self.act, j == 0)
         for l in range(top, -1, -1):
             self._cell_grads(ws, x, l, 0)
+
+    def _backward_fused_cell(self, W, carry, S, E, keep, d: int, T: int) -> None:
+        """Full BPTT of one layer direction with one fused recurrent-step kernel per step:
+        each step's product with W and its delta update in one launch. E[t] holds e_t on
+        entry, dz_t on exit; the carry holds only what passes through masked steps."""
+        ops = self.ops
+        k = lambda t: None if keep is None else keep[t]  # noqa: E731
+        if d == 0:
+            for t in range(T - 1, -1, -1):
+                ops.recur_backward(E[t + 1] if t < T - 1 else None, W, carry, E[t], S[t + 1],
+                                   k(t), E[t], self.act)
+        else:  # the reverse direction's backward order: 0 up to T-1
+            for t in range(T):
+                ops.recur_backward(E[t - 1] if t > 0 else None, W, carry, E[t], S[t], k(t),
+                                   E[t], self.act)
+
+    def _backward_fused(self, ws: Workspace, W, T: int, keep, L: int) -> None:
+        """Per-output truncation of one layer with one fused kernel per step (all L
+        streams: the product with W, the fresh stream, the delta update and the sum)."""
+        ops, S, E = self.ops, ws.S, ws.E
+        G = None
+        if keep is not None:
+            G = ws.G[0]
+            G.fill(0)
+        bufs = (ws.dz_all[0], ws.dz_all2[0])
+        for j in range(T - 1, -1, -1):  # slot j % L starts output j's stream (e_j)
+            ops.recur_trunc_backward(bufs[(j + 1) % 2] if j < T - 1 else None, W, G, j % L,
+                                     E[j], S[j + 1], None if keep is None else keep[j],
+                                     bufs[j % 2], E[j], self.act)
 
     def run_step(self, ws: Workspace, params, x, y, h0, keep, truncate, drop=None,
                  weight=None) -> None:

@@ -407,3 +407,33 @@ class RNN:
             hidden_activation=self.hidden_activation, output=self.output,
             drop=None if drop is None else to_numpy(drop),
             loss_mask=None if loss_mask is None else np.asarray(to_numpy(loss_mask), np.float64))
+
+    def loss_and_grads_trusted(self, x, y, h0=None, truncate=None, dropout=None):
+        """:meth:`loss_and_grads` for inputs the caller has validated already (the
+        trainer: token ids checked once when the corpus was loaded, a state it got from
+        this model), so that a step on a GPU reads nothing back but its loss. x, y: token
+        ids (T, B); h0: :meth:`state_shape` or None; dropout: :meth:`dropout_shape`
+        multipliers or None."""
+        be = self.backend
+        xb = be.xp.ascontiguousarray(be.asarray(x))
+        yb = be.xp.ascontiguousarray(be.asarray(y))
+        h0b = None if h0 is None else be.asarray(h0, dtype=self.dtype)
+        drop = None if dropout is None else be.xp.ascontiguousarray(
+            be.asarray(dropout, dtype=self.dtype))
+        return self._engine.loss_and_grads(self.params, xb, yb, h0b, None,
+                                           self._check_truncate(truncate), drop)
+
+    def captured_step(self, T: int, B: int, *, truncate: int | None = None, dense: bool = False,
+                      masked: bool = False, dropout: bool = False):
+        """The training step of this model for one shape, captured as a CUDA Graph on first
+        call and replayed after (CuPy backend): a :class:`rnn_gpu.cuda.graph.GraphedStep`,
+        called as ``step(params, x, y, h0, keep, drop)`` with device arrays of that shape,
+        returning (loss, grads, h_last) as ``loss_and_grads`` does. Inputs are not
+        validated: the caller has (token ids in range, finite values)."""
+        if not self.backend.is_gpu:
+            raise ValueError(f"captured_step: needs the CuPy backend, this model runs on "
+                             f"{self.backend.name!r}")
+        from .cuda.graph import GraphedStep  # noqa: PLC0415 - GPU only
+
+        return GraphedStep(self._engine, T, B, dense, self._check_truncate(truncate), masked,
+                           dropout=dropout)

@@ -5,8 +5,11 @@ C = A B (row-major) is computed as C^T = B^T A^T (column-major): cuBLAS gets B f
 An operand that is F-contiguous (a transposed view such as W.T) is the row-major
 transpose of a C-contiguous array, and is passed as that array with op = T.
 
-The object is handed its array module and the cuBLAS binding (``cupy.cuda.cublas``, or a
-stand-in in the tests); it owns the TF32 setting.
+The object is handed its array module and the cuBLAS binding: CuPy's
+``cupy.cuda.cublas`` (which refuses any call during a CUDA Graph capture) or
+:class:`rnn_gpu.cuda.cublas_capi.CublasCApi` (the C API on CuPy's handle, capturable once
+a workspace is set), or a stand-in in the tests; it owns the TF32 setting and the
+workspace.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _ONE = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1, np.float64)}
 _ZERO = {np.dtype(np.float32): np.zeros(1, np.float32), np.dtype(np.float64): np.zeros(1, np.float64)}
 _CUDA_R_32F = 0
+WORKSPACE_BYTES = 32 << 20  # cuBLAS's advice for Hopper (4 MiB suffice on older GPUs)
 
 
 def fail(kern: str, arg: str, expected: str, got: str):
@@ -42,6 +46,25 @@ class CublasGemm:
         self.cublas = cublas
         self.tf32 = False
         self._cupy_compute_type = None  # cupy.matmul's float32 type before set_tf32
+        self._workspace = None  # device memory cuBLAS uses instead of allocating
+
+    @property
+    def capturable(self) -> bool:
+        """Whether GEMMs can be recorded into a CUDA Graph (the C-API binding can)."""
+        return bool(getattr(self.cublas, "capturable", False))
+
+    def prepare_capture(self) -> None:
+        """Give cuBLAS a fixed workspace on the current device (once), so that it
+        allocates nothing during a capture. RuntimeError where the binding is CuPy's."""
+        if not self.capturable:
+            raise RuntimeError(
+                "cuBLAS is reached through CuPy's binding here, which refuses every call "
+                "during stream capture (NotImplementedError in cupy.cuda.cublas); the C API "
+                "of the libcublas CuPy loaded was not found, so a step cannot be captured")
+        if self._workspace is None:
+            self._workspace = self.cp.empty(WORKSPACE_BYTES, dtype=self.cp.uint8)
+        handle = self.cp.cuda.device.get_cublas_handle()
+        self.cublas.setWorkspace(handle, self._workspace.data.ptr, WORKSPACE_BYTES)
 
     def _operand(self, kern: str, arg: str, X):
         """(op, leading dimension) for a C- or F-contiguous 2-D operand."""

@@ -134,6 +134,7 @@ class GraphedStep:
 
         with self.stream:
             self._step(params)  # eager warm-up: compiles, times outer_accum, allocates
+            self.engine.ops.prepare_capture()  # cuBLAS's workspace, before capturing
             self.stream.synchronize()
             with cp.cuda.using_allocator(alloc):
                 self.stream.begin_capture()

@@ -12,8 +12,8 @@ kernel loader (:class:`rnn_gpu.cuda.compile.RawModuleLoader`, or the tests' emul
 a GEMM object (:class:`rnn_gpu.cuda.blas.CublasGemm`). GEMMs go straight to cuBLAS so
 that they can accumulate (beta = 1) and never allocate.
 
-Environment: ``RNN_GPU_OUTER=cublas|tiled`` forces the outer-product version (tests,
-benchmarks); read at each call.
+Environment: ``RNN_GPU_OUTER=cublas|tiled`` forces the outer-product version and
+``RNN_GPU_RECUR=gemm|fused`` the recurrence (tests, benchmarks); read at each call.
 """
 from __future__ import annotations
 
@@ -33,9 +33,18 @@ ELEM_BLOCK = 256  # pointwise kernels
 XENT_BLOCK = 256  # threads per row in the loss kernels
 OUTER_THREADS, OUTER_TN = 16, 16
 BIAS_COLS, BIAS_ROWS = 32, 16
+# bias_grad's rule for splitting rows over the grid: aim at two blocks per SM of a
+# 132-SM H100 (a target from the machine's size, not a measured optimum), chunks of at
+# least BIAS_SPLIT_MIN_ROWS rows (4 per thread row) so the second pass stays small.
+BIAS_TARGET_BLOCKS, BIAS_SPLIT_MIN_ROWS = 264, 64
+XENT_WARP_ROWS, XENT_WARP_ITEMS = 8, 8  # softmax, one warp per row: rows per block, entries
+XENT_WARP_MAX_O = 32 * XENT_WARP_ITEMS  # per lane in registers; the warp version's O range
+RECUR_TM, RECUR_TN, RECUR_TK = 32, 32, 32  # fused recurrent steps: output tile, k slab
+RECUR_TX, RECUR_TY = 16, 8  # and their threads per block (columns, rows)
 _MAX_BLOCKS = 65535  # grid-stride loops cover the rest
 
 _ACT = {"tanh": 0, "sigmoid": 1, "relu": 2}
+RECURRENCES = ("gemm", "fused")
 _FLOAT = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _INT = {np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
 _INT32_MAX = 2**31 - 1
@@ -43,11 +52,15 @@ _INT32_MAX = 2**31 - 1
 DEFINES = {
     "rnn_forward.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)),),
     "rnn_backward.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)),),
-    "rnn_xent.cu": (("XENT_BLOCK", str(XENT_BLOCK)),),
+    "rnn_xent.cu": (("XENT_BLOCK", str(XENT_BLOCK)), ("XENT_WARP_ROWS", str(XENT_WARP_ROWS)),
+                    ("XENT_WARP_ITEMS", str(XENT_WARP_ITEMS))),
     "rnn_outer.cu": (("OUTER_TILE", str(OUTER_TILE)), ("OUTER_THREADS", str(OUTER_THREADS)),
                      ("OUTER_TN", str(OUTER_TN))),
     "rnn_embed.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)), ("BIAS_COLS", str(BIAS_COLS)),
                      ("BIAS_ROWS", str(BIAS_ROWS))),
+    "rnn_recur.cu": (("RECUR_TM", str(RECUR_TM)), ("RECUR_TN", str(RECUR_TN)),
+                     ("RECUR_TK", str(RECUR_TK)), ("RECUR_TX", str(RECUR_TX)),
+                     ("RECUR_TY", str(RECUR_TY))),
 }
 
 
@@ -92,9 +105,19 @@ class CudaOps:
         self.loader = loader
         self.blas = blas
         self.outer = OuterChoice()
+        self._recur_choice: dict[tuple, str] = {}
 
     def __repr__(self) -> str:
         return f"CudaOps({getattr(self.xp, '__name__', self.xp)!r})"
+
+    @property
+    def capturable(self) -> bool:
+        """Whether a whole step on this kernel set can be captured as a CUDA Graph."""
+        return self.blas.capturable
+
+    def prepare_capture(self) -> None:
+        """Make ready for a capture (cuBLAS's workspace); RuntimeError if impossible."""
+        self.blas.prepare_capture()
 
     def _kernel(self, filename: str, name: str):
         return self.loader(filename, DEFINES[filename], name)
@@ -130,6 +153,12 @@ class CudaOps:
             _fail(kern, "keep", f"None or a {dtype} array of shape ({rows},)", _desc(keep))
         return keep, np.int32(1)
 
+    def _pointwise(self, kern: str, keep, rows: int, dtype, act, count: int):
+        """The arguments every pointwise kernel takes: (keep pointer, has_keep, activation
+        code, element count as int32), each checked."""
+        keep, has_keep = self._keep(kern, keep, rows, dtype)
+        return keep, has_keep, _act(kern, act), _count32(kern, count)
+
     def _ids(self, kern: str, arg: str, ids, n: int):
         """Integer ids of shape (n,). int32/int64 go to the kernel as they are; other
         integer kinds are converted to int64 (one small copy: pass int32 or int64)."""
@@ -151,9 +180,7 @@ class CudaOps:
             _fail(K, "a", "a 2-D (B, H) array", _desc(a))
         B, H = a.shape
         _shape(K, "h_prev", h_prev, (B, H))
-        keep, has_keep = self._keep(K, keep, B, dt)
-        code = _act(K, act)
-        n = _count32(K, B * H)
+        keep, has_keep, code, n = self._pointwise(K, keep, B, dt, act, B * H)
         if n == 0:
             return
         self._kernel("rnn_forward.cu", f"rnn_act_forward_{_FLOAT[dt]}")(
@@ -172,9 +199,7 @@ class CudaOps:
         B, H = carry.shape
         for arg, x in (("e", e), ("s", s), ("dz", dz)):
             _shape(K, arg, x, (B, H))
-        keep, has_keep = self._keep(K, keep, B, dt)
-        code = _act(K, act)
-        n = _count32(K, B * H)
+        keep, has_keep, code, n = self._pointwise(K, keep, B, dt, act, B * H)
         if n == 0:
             return
         self._kernel("rnn_backward.cu", f"rnn_delta_step_{_FLOAT[dt]}")(
@@ -194,9 +219,7 @@ class CudaOps:
         _shape(K, "s", s, (B, H))
         _shape(K, "dz_all", dz_all, (L, B, H))
         _shape(K, "dz_sum", dz_sum, (B, H))
-        keep, has_keep = self._keep(K, keep, B, dt)
-        code = _act(K, act)
-        n = _count32(K, B * H)
+        keep, has_keep, code, n = self._pointwise(K, keep, B, dt, act, B * H)
         if n == 0:
             return
         self._kernel("rnn_backward.cu", f"rnn_trunc_delta_step_{_FLOAT[dt]}")(
@@ -221,7 +244,19 @@ class CudaOps:
     def softmax_xent(self, logits, y, keep, loss) -> None:
         """Softmax + cross-entropy in one kernel: logits (N, O) <- softmax - onehot(y)
         (times keep), loss (N,) <- logsumexp - z_y (times keep). y: (N,) int ids (not
-        range-checked here: an id outside [0, O) gives a NaN loss)."""
+        range-checked here: an id outside [0, O) gives a NaN loss).
+
+        The version follows the shape: one warp per row (:meth:`softmax_xent_warp`) when
+        the row fits the warp's registers, O <= 32 * XENT_WARP_ITEMS (read once, one exp
+        per entry, XENT_WARP_ROWS rows per block); one block per row
+        (:meth:`softmax_xent_fused`) otherwise. A rule on the shape, not a timing."""
+        if getattr(logits, "ndim", 0) == 2 and logits.shape[1] <= XENT_WARP_MAX_O:
+            self.softmax_xent_warp(logits, y, keep, loss)
+        else:
+            self.softmax_xent_fused(logits, y, keep, loss)
+
+    def softmax_xent_fused(self, logits, y, keep, loss) -> None:
+        """softmax_xent with one XENT_BLOCK-thread block per row (any O)."""
         K = "softmax_xent"
         dt, N, O, keep, has_keep = self._loss_args(K, logits, keep, loss)
         y = self._ids(K, "y", y, N)
@@ -232,6 +267,22 @@ class CudaOps:
         self._kernel("rnn_xent.cu", f"rnn_softmax_xent_{_FLOAT[dt]}_{_INT[y.dtype]}")(
             (N,), (XENT_BLOCK,),
             (logits, y, _keep_arg(keep, loss), has_keep, loss, np.int32(O)))
+
+    def softmax_xent_warp(self, logits, y, keep, loss) -> None:
+        """softmax_xent with one warp per row, XENT_WARP_ROWS rows per block (any O; rows
+        of O <= 32 * XENT_WARP_ITEMS stay in registers)."""
+        K = "softmax_xent"
+        dt, N, O, keep, has_keep = self._loss_args(K, logits, keep, loss)
+        y = self._ids(K, "y", y, N)
+        if N > _INT32_MAX:
+            _fail(K, "logits", "fewer than 2^31 rows", _desc(logits))
+        if N == 0:
+            return
+        if O == 0:
+            _fail(K, "logits", "at least one column", _desc(logits))
+        self._kernel("rnn_xent.cu", f"rnn_softmax_xent_warp_{_FLOAT[dt]}_{_INT[y.dtype]}")(
+            (-(-N // XENT_WARP_ROWS),), (32 * XENT_WARP_ROWS,),
+            (logits, y, _keep_arg(keep, loss), has_keep, loss, np.int32(N), np.int32(O)))
 
     def _dense_loss(self, K: str, name: str, logits, d, keep, loss) -> None:
         dt, N, O, keep, has_keep = self._loss_args(K, logits, keep, loss)
@@ -289,9 +340,7 @@ class CudaOps:
         self._kernel("rnn_embed.cu", f"rnn_embed_scatter_add_{_FLOAT[dt]}_{_INT[ids.dtype]}")(
             (_blocks(n, ELEM_BLOCK),), (ELEM_BLOCK,), (dUT, ids, dz, np.int64(n), np.int32(H)))
 
-    def bias_grad(self, dz, out) -> None:
-        """out (H,) = dz (N, H) summed over rows (fixed order: deterministic)."""
-        K = "bias_grad"
+    def _bias_args(self, K: str, dz, out):
         dt = self._floats(K, dz=dz, out=out)
         if dz.ndim != 2:
             _fail(K, "dz", "a 2-D (N, H) array", _desc(dz))
@@ -299,10 +348,60 @@ class CudaOps:
         _shape(K, "out", out, (H,))
         if N > _INT32_MAX or H > _INT32_MAX:
             _fail(K, "dz", "fewer than 2^31 rows and columns", _desc(dz))
+        return dt, N, H
+
+    def bias_grad(self, dz, out) -> None:
+        """out (H,) = dz (N, H) summed over rows (fixed order: deterministic).
+
+        The version follows the shape: when one block per BIAS_COLS columns would give
+        fewer than BIAS_TARGET_BLOCKS blocks and there are at least 2 * BIAS_SPLIT_MIN_ROWS
+        rows, the rows are split over the grid too (:meth:`bias_grad_split`); otherwise
+        :meth:`bias_grad_colsum`. A rule on the shape, not a timing; each shape always
+        takes the same version, so a run's sums are reproducible."""
+        N, H = dz.shape if getattr(dz, "ndim", 0) == 2 else (0, 0)
+        if -(-H // BIAS_COLS) < BIAS_TARGET_BLOCKS and N >= 2 * BIAS_SPLIT_MIN_ROWS:
+            self.bias_grad_split(dz, out)
+        else:
+            self.bias_grad_colsum(dz, out)
+
+    def bias_grad_colsum(self, dz, out) -> None:
+        """out (H,) = dz (N, H) summed over rows: one block per BIAS_COLS columns."""
+        K = "bias_grad"
+        dt, N, H = self._bias_args(K, dz, out)
         if H == 0:
             return
         self._kernel("rnn_embed.cu", f"rnn_bias_grad_{_FLOAT[dt]}")(
             (-(-H // BIAS_COLS),), (BIAS_COLS, BIAS_ROWS), (dz, out, np.int32(N), np.int32(H)))
+
+    def bias_grad_split(self, dz, out) -> None:
+        """out (H,) = dz (N, H) summed over rows in two passes: S row chunks of at least
+        BIAS_SPLIT_MIN_ROWS rows (at least 2 chunks, enough for about BIAS_TARGET_BLOCKS
+        blocks) summed into a scratch (S, H) kept per shape, then the S partial sums of
+        each column in order."""
+        K = "bias_grad"
+        dt, N, H = self._bias_args(K, dz, out)
+        if H == 0:
+            return
+        cols = -(-H // BIAS_COLS)
+        S = max(2, min(-(-N // BIAS_SPLIT_MIN_ROWS), -(-BIAS_TARGET_BLOCKS // cols)))
+        chunk = max(1, -(-N // S))
+        S = max(1, -(-N // chunk))  # no empty chunk
+        partial = self._scratch(("bias_grad", S, H), (S, H), dt)
+        self._kernel("rnn_embed.cu", f"rnn_bias_grad_split_{_FLOAT[dt]}")(
+            (cols, S), (BIAS_COLS, BIAS_ROWS),
+            (dz, partial, np.int32(N), np.int32(H), np.int32(chunk)))
+        self._kernel("rnn_embed.cu", f"rnn_bias_grad_finish_{_FLOAT[dt]}")(
+            (_blocks(H, ELEM_BLOCK),), (ELEM_BLOCK,), (partial, out, np.int32(S), np.int32(H)))
+
+    def _scratch(self, key: tuple, shape: tuple, dtype):
+        """A device buffer kept per key: made at the first call for a shape (the eager
+        warm-up before a CUDA Graph capture), reused after, never allocated in a replay."""
+        bufs = self.__dict__.setdefault("_scratch_buffers", {})
+        key = key + (np.dtype(dtype).char,)
+        buf = bufs.get(key)
+        if buf is None:
+            buf = bufs[key] = self.xp.empty(shape, dtype=dtype)
+        return buf
 
     # ---------------------------------------------------------------------------------
     # GEMM and the outer-product accumulation (tiled kernel, cuBLAS, per-shape choice)
@@ -345,20 +444,25 @@ class CudaOps:
         """The version chosen for a shape so far (None if it has not been timed)."""
         return self.outer.get((N, M, K, np.dtype(dtype).char, self.blas.tf32))
 
-    def _time_outer(self, name: str, dW, a, b, reps: int = 3) -> float:
-        fn = getattr(self, f"outer_accum_{name}")
-        fn(dW, a, b, False)  # warm-up (compiles the kernel on first use)
+    def _time(self, fn, reps: int = 3) -> float:
+        """Median milliseconds of fn() on the current stream, after one warm-up call (which
+        compiles the kernels on first use)."""
+        fn()
         cuda = self.xp.cuda
         stream = cuda.get_current_stream()
         times = []
         for _ in range(reps):
             start, stop = cuda.Event(), cuda.Event()
             start.record(stream)
-            fn(dW, a, b, False)
+            fn()
             stop.record(stream)
             stop.synchronize()
             times.append(cuda.get_elapsed_time(start, stop))
         return sorted(times)[len(times) // 2]
+
+    def _time_outer(self, name: str, dW, a, b) -> float:
+        fn = getattr(self, f"outer_accum_{name}")
+        return self._time(lambda: fn(dW, a, b, False))
 
     def outer_accum(self, dW, a, b, accumulate: bool) -> None:
         """dW (M, K) (+)= a (N, M)^T b (N, K): the tiled kernel or cuBLAS, whichever
@@ -385,3 +489,169 @@ class CudaOps:
             capturing = self.xp.cuda.get_current_stream().is_capturing()
             name = self.outer.choose(key, M, capturing, time_version)
         getattr(self, f"outer_accum_{name}")(dW, a, b, accumulate)
+
+    # ---------------------------------------------------------------------------------
+    # Fused recurrent steps (kernels/rnn_recur.cu): one launch per time step, the step's
+    # B x H x H product tiled in the kernel (no cuBLAS) with the pointwise update as its
+    # epilogue. Same signatures and in-place semantics as the twins recur_forward,
+    # recur_backward and recur_trunc_backward.
+
+    def _recur_matrix(self, K: str, arg: str, a, H: int, dtype):
+        """An (H, H) operand, C- or F-contiguous (W or the view W.T): the element strides
+        (sk, sn) of a[k, n] for the kernel."""
+        if not isinstance(a, self.xp.ndarray):
+            _fail(K, arg, "a cupy.ndarray (these launchers run on the GPU only)", _desc(a))
+        if a.dtype != dtype:
+            _fail(K, arg, f"{dtype} like the other arrays", _desc(a))
+        _shape(K, arg, a, (H, H))
+        if a.flags.c_contiguous:
+            return np.int64(H), np.int64(1)
+        if a.flags.f_contiguous:
+            return np.int64(1), np.int64(H)
+        _fail(K, arg, "a C- or F-contiguous array (W or W.T)",
+              f"strides {a.strides} for shape {a.shape}")
+
+    @staticmethod
+    def _disjoint(K: str, read: str, a, written: dict) -> None:
+        """`a` is read whole by every block of a GEMM: no array the kernel writes may
+        overlap it."""
+        lo = a.data.ptr
+        hi = lo + a.nbytes
+        for arg, b in written.items():
+            if b is not None and b.nbytes and lo < b.data.ptr + b.nbytes and b.data.ptr < hi:
+                _fail(K, arg, f"an array that does not overlap {read}", f"{_desc(b)} over it")
+
+    def _recur_grid(self, K: str, B: int, H: int) -> tuple[int, int]:
+        if H > _INT32_MAX or B > 65535 * RECUR_TM:
+            _fail(K, "size", f"H < 2^31 and B <= {65535 * RECUR_TM}", f"B = {B}, H = {H}")
+        return (-(-H // RECUR_TN), -(-B // RECUR_TM))
+
+    def recur_forward(self, s_prev, WT, s_next, keep, act: str) -> None:
+        """One forward step in one launch: s_next <- f(s_next + s_prev @ WT), masked rows
+        take s_prev. s_prev, s_next (B, H), s_next holding U x_t + b on entry; WT (H, H)
+        as the engine passes it (W.T, an F-contiguous view; a C-contiguous one works too)."""
+        K = "recur_forward"
+        dt = self._floats(K, s_prev=s_prev, s_next=s_next)
+        if s_prev.ndim != 2:
+            _fail(K, "s_prev", "a 2-D (B, H) array", _desc(s_prev))
+        B, H = s_prev.shape
+        _shape(K, "s_next", s_next, (B, H))
+        sk, sn = self._recur_matrix(K, "WT", WT, H, dt)
+        keep, has_keep = self._keep(K, keep, B, dt)
+        code = _act(K, act)
+        self._disjoint(K, "s_prev", s_prev, {"s_next": s_next})
+        grid = self._recur_grid(K, B, H)
+        if B == 0 or H == 0:
+            return
+        self._kernel("rnn_recur.cu", f"rnn_recur_forward_{_FLOAT[dt]}")(
+            grid, (RECUR_TX, RECUR_TY),
+            (s_prev, WT, sk, sn, s_next, _keep_arg(keep, s_prev), has_keep, np.int32(B),
+             np.int32(H), code))
+
+    def recur_backward(self, dz_next, W, carry, e, s, keep, dz, act: str) -> None:
+        """One step of full BPTT in one launch: c = dz_next @ W + carry + e,
+        dz = c f'(s) keep, carry <- c (1 - keep). dz_next (B, H) or None (first step
+        taken); W (H, H) C- or F-contiguous; carry (B, H) the masked pass-through, needed
+        with a mask only (zeros before the first step); e, s, dz (B, H), dz may be e."""
+        K = "recur_backward"
+        dt = self._floats(K, e=e, s=s, dz=dz)
+        if e.ndim != 2:
+            _fail(K, "e", "a 2-D (B, H) array", _desc(e))
+        B, H = e.shape
+        _shape(K, "s", s, (B, H))
+        _shape(K, "dz", dz, (B, H))
+        sk, sn = self._recur_matrix(K, "W", W, H, dt)
+        keep, has_keep = self._keep(K, keep, B, dt)
+        if keep is not None or carry is not None:
+            if carry is None:
+                _fail(K, "carry", f"a {dt} array of shape ({B}, {H}) with a mask", "None")
+            self._floats(K, e=e, carry=carry)
+            _shape(K, "carry", carry, (B, H))
+        if dz_next is not None:
+            self._floats(K, e=e, dz_next=dz_next)
+            _shape(K, "dz_next", dz_next, (B, H))
+            self._disjoint(K, "dz_next", dz_next, {"dz": dz, "carry": carry})
+        code = _act(K, act)
+        grid = self._recur_grid(K, B, H)
+        if B == 0 or H == 0:
+            return
+        self._kernel("rnn_recur.cu", f"rnn_recur_backward_{_FLOAT[dt]}")(
+            grid, (RECUR_TX, RECUR_TY),
+            (e if dz_next is None else dz_next, np.int32(dz_next is not None), W, sk, sn,
+             dz if carry is None else carry, e, s, _keep_arg(keep, s), has_keep, dz,
+             np.int32(B), np.int32(H), code))
+
+    def recur_trunc_backward(self, dz_prev, W, G, fresh: int, e, s, keep, dz_all, dz_sum,
+                             act: str) -> None:
+        """One step of per-output truncated BPTT for all L streams in one launch: g = e
+        in slot `fresh`, g = dz_prev @ W + G elsewhere; dz_all = g f'(s) keep, dz_sum =
+        its sum over streams, G <- g (1 - keep). dz_prev (L, B, H) or None (first step
+        taken), not overlapping dz_all; G (L, B, H) with a mask only; e, s, dz_sum (B, H),
+        dz_sum may be e; 0 <= fresh < L."""
+        K = "recur_trunc_backward"
+        dt = self._floats(K, e=e, s=s, dz_all=dz_all, dz_sum=dz_sum)
+        if dz_all.ndim != 3 or dz_all.shape[0] == 0:
+            _fail(K, "dz_all", "a 3-D (L, B, H) array with L >= 1", _desc(dz_all))
+        L, B, H = dz_all.shape
+        _shape(K, "e", e, (B, H))
+        _shape(K, "s", s, (B, H))
+        _shape(K, "dz_sum", dz_sum, (B, H))
+        sk, sn = self._recur_matrix(K, "W", W, H, dt)
+        keep, has_keep = self._keep(K, keep, B, dt)
+        if keep is not None or G is not None:
+            if G is None:
+                _fail(K, "G", f"a {dt} array of shape ({L}, {B}, {H}) with a mask", "None")
+            self._floats(K, e=e, G=G)
+            _shape(K, "G", G, (L, B, H))
+        if dz_prev is not None:
+            self._floats(K, e=e, dz_prev=dz_prev)
+            _shape(K, "dz_prev", dz_prev, (L, B, H))
+            self._disjoint(K, "dz_prev", dz_prev, {"dz_all": dz_all, "G": G, "dz_sum": dz_sum})
+        if isinstance(fresh, bool) or not isinstance(fresh, (int, np.integer)) \
+                or not 0 <= fresh < L:
+            _fail(K, "fresh", f"an int slot in [0, {L})", repr(fresh))
+        code = _act(K, act)
+        grid = self._recur_grid(K, B, H)
+        if B == 0 or H == 0:
+            return
+        self._kernel("rnn_recur.cu", f"rnn_recur_trunc_backward_{_FLOAT[dt]}")(
+            grid, (RECUR_TX, RECUR_TY),
+            (dz_all if dz_prev is None else dz_prev, np.int32(dz_prev is not None), W, sk, sn,
+             dz_all if G is None else G, np.int32(fresh), e, s, _keep_arg(keep, s), has_keep,
+             dz_all, dz_sum, np.int32(L), np.int32(B), np.int32(H), code))
+
+    # ---------------------------------------------------------------------------------
+    # The recurrence: a cuBLAS GEMM plus a fused pointwise kernel per step ("gemm"), or
+    # one fused recurrent-step kernel ("fused"), whichever measured faster per shape
+
+    def recurrence(self, B: int, H: int, dtype) -> str:
+        """"gemm" or "fused" for the per-step recurrence at (B, H, dtype): timed once per
+        shape (a forward step each way), then cached. ``RNN_GPU_RECUR=gemm|fused`` forces
+        one. During a capture an untimed shape takes "fused" (no timing there), as does a
+        capture whose GEMMs would go through CuPy's binding."""
+        forced = os.environ.get("RNN_GPU_RECUR", "").strip().lower()
+        if forced:
+            if forced not in RECURRENCES:
+                raise ValueError(f"RNN_GPU_RECUR: expected gemm or fused, got {forced!r}")
+            return forced
+        key = (int(B), int(H), np.dtype(dtype).char, self.blas.tf32)
+        name = self._recur_choice.get(key)
+        if name is not None:
+            return name
+        if self.xp.cuda.get_current_stream().is_capturing():
+            return "fused"
+        dt = np.dtype(dtype)
+        xp = self.xp
+        s_prev = xp.zeros((B, H), dtype=dt)
+        s_next = xp.zeros((B, H), dtype=dt)
+        W = xp.zeros((H, H), dtype=dt)
+
+        def gemm_step():
+            self.blas.gemm(s_prev, W.T, s_next, 1.0)
+            self.act_forward(s_next, s_prev, None, "tanh")
+
+        t = {"gemm": self._time(gemm_step),
+             "fused": self._time(lambda: self.recur_forward(s_prev, W.T, s_next, None, "tanh"))}
+        name = min(t, key=t.get)
+        self._recur_choice[key] = name
+        return name

@@ -241,7 +241,75 @@ def bias_grad(dz, out) -> None:
 
 
 # -------------------------------------------------------------------------------------
-# GEMM
+# Fused recurrent steps: a step's recurrent product and its pointwise update as one
+# operation (one launch per step on the GPU, kernels/rnn_recur.cu)
+
+
+def recur_forward(s_prev, WT, s_next, keep, act: str) -> None:
+    """One forward step: s_next <- f(s_next + s_prev @ WT); masked rows take s_prev.
+
+    s_prev, s_next: (B, H), s_next holding U x_t + b on entry; WT: (H, H), W^T as the
+    engine passes it (a transposed view of W, or any (H, H) array).
+    """
+    s_next += s_prev @ WT
+    act_forward(s_next, s_prev, keep, act)
+
+
+def recur_backward(dz_next, W, carry, e, s, keep, dz, act: str) -> None:
+    """One step of full BPTT: c = dz_next @ W + carry + e, dz = c * f'(s) * keep.
+
+    dz_next: (B, H) dz of step t+1, or None at the first step taken (t = T-1)
+    W:       (H, H)
+    carry:   (B, H) the part that passes through masked steps: zeros before the first
+             step; on exit c * (1 - keep). Only with a mask; None (or untouched) without.
+    e, s:    (B, H) V^T delta_o_t and s_t; dz: (B, H) out, may be the same array as e
+    A loop over t = T-1..0 gives delta_step's dz for every step (engine.backward_step),
+    with carry holding only the pass-through, never the product.
+    """
+    c = np.zeros_like(e) if dz_next is None else dz_next @ W
+    if keep is not None:
+        c += carry
+    c += e  # e is used before dz, which may be the same array, is written
+    _act_grad(s, act, dz)
+    dz *= c
+    if keep is not None:
+        dz *= keep[:, None]
+        np.multiply(c, (1.0 - keep)[:, None], out=carry)
+
+
+def recur_trunc_backward(dz_prev, W, G, fresh: int, e, s, keep, dz_all, dz_sum,
+                         act: str) -> None:
+    """One step j of per-output truncated BPTT for all L live error streams.
+
+    dz_prev: (L, B, H) dz_all of step j+1, or None at the first step taken (j = T-1)
+    G:       (L, B, H) the masked pass-through of each stream: zeros before the first
+             step; on exit g * (1 - keep). Only with a mask; None (or untouched) without.
+    fresh:   the slot, 0 <= fresh < L, where output j's stream starts (j % L): g = e
+             there, whatever dz_prev and G hold; elsewhere g = dz_prev @ W + G
+    e, s:    (B, H) V^T delta_o_j and s_j
+    dz_all:  (L, B, H) out: g * f'(s) * keep; must not be dz_prev
+    dz_sum:  (B, H) out: dz_all summed over streams; may be the same array as e
+    """
+    L, B, H = dz_all.shape
+    if dz_prev is None:
+        g = np.zeros((L, B, H), dtype=e.dtype)
+    else:
+        g = (dz_prev.reshape(L * B, H) @ W).reshape(L, B, H)
+    if keep is not None:
+        g += G
+    g[fresh] = e
+    fp = np.empty_like(s)
+    _act_grad(s, act, fp)
+    if keep is not None:
+        fp *= keep[:, None]
+    np.multiply(g, fp, out=dz_all)
+    np.sum(dz_all, axis=0, out=dz_sum)
+    if keep is not None:
+        np.multiply(g, (1.0 - keep)[:, None], out=G)
+
+
+# -------------------------------------------------------------------------------------
+# The kernel set
 
 
 class NumpyOps:
@@ -259,9 +327,17 @@ class NumpyOps:
     embed_gather = staticmethod(embed_gather)
     embed_scatter_add = staticmethod(embed_scatter_add)
     bias_grad = staticmethod(bias_grad)
+    recur_forward = staticmethod(recur_forward)
+    recur_backward = staticmethod(recur_backward)
+    recur_trunc_backward = staticmethod(recur_trunc_backward)
 
     def __init__(self):
         self._scratch: dict[tuple, np.ndarray] = {}
+
+    @staticmethod
+    def recurrence(B: int, H: int, dtype) -> str:
+        """The per-step recurrence on the CPU: NumPy's GEMM plus the pointwise twin."""
+        return "gemm"
 
     def gemm(self, A, B, C, beta: float) -> None:
         """C (m, n) <- A (m, k) @ B (k, n) + beta C, beta 0 or 1 (A, B may be transposed

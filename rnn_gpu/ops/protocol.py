@@ -48,3 +48,19 @@ class Ops(Protocol):
 
     def bias_grad(self, dz: Any, out: Any) -> None:
         """out (H,) = dz (N, H) summed over rows."""
+
+    def recurrence(self, B: int, H: int, dtype: Any) -> str:
+        """How the per-step recurrence runs at this shape: "gemm" (GEMM + fused pointwise
+        kernel) or "fused" (one recurrent-step kernel, the recur_* methods)."""
+
+    def recur_forward(self, s_prev: Any, WT: Any, s_next: Any, keep: Any, act: str) -> None:
+        """s_next (B, H) <- f(s_next + s_prev @ WT); masked rows take s_prev."""
+
+    def recur_backward(self, dz_next: Any, W: Any, carry: Any, e: Any, s: Any, keep: Any,
+                       dz: Any, act: str) -> None:
+        """dz (B, H) = (dz_next @ W + carry + e) f'(s) keep; carry: the pass-through."""
+
+    def recur_trunc_backward(self, dz_prev: Any, W: Any, G: Any, fresh: int, e: Any, s: Any,
+                             keep: Any, dz_all: Any, dz_sum: Any, act: str) -> None:
+        """All L live streams: g = dz_prev @ W + G (e in slot `fresh`), dz_all = g f'(s)
+        keep, dz_sum its sum over streams, G <- g (1 - keep)."""

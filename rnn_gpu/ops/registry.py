@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .numpy_ops import (act_forward, bias_grad, delta_step, embed_gather, embed_scatter_add,
-                        outer_accum, sigmoid_bce, softmax_xent, squared_error,
-                        trunc_delta_step)
+                        outer_accum, recur_backward, recur_forward, recur_trunc_backward,
+                        sigmoid_bce, softmax_xent, squared_error, trunc_delta_step)
 
 
 @dataclass
@@ -138,8 +138,9 @@ _register(KernelSpec(
 _register(KernelSpec(
     "softmax_xent", "rnn_xent.cu", softmax_xent, _mk_xent, (0, 3),
     flops=lambda z: 0.0, nbytes=lambda z: 2 * z["N"] * z["O"] * _F, sizes=_NO,
-    cuda_versions=_FUSED("softmax_xent"),
-    doc="max, log-sum-exp, loss and softmax - onehot in place, one pass per row"))
+    cuda_versions={"fused": "softmax_xent_fused", "warp": "softmax_xent_warp"},
+    doc="max, log-sum-exp, loss and softmax - onehot in place: a block per row, or a warp "
+        "per row for a small O (the launcher chooses by O)"))
 _register(KernelSpec(
     "sigmoid_bce", "rnn_xent.cu", sigmoid_bce, _mk_dense_target, (0, 3),
     flops=lambda z: 0.0, nbytes=lambda z: 3 * z["N"] * z["O"] * _F, sizes=_NO,
@@ -173,5 +174,57 @@ _register(KernelSpec(
     "bias_grad", "rnn_embed.cu", bias_grad, _mk_bias, (1,),
     flops=lambda z: z["N"] * z["H"], nbytes=lambda z: z["N"] * z["H"] * _F,
     sizes={"quick": {"N": 301, "H": 257}, "full": {"N": 3200, "H": 1024}},
-    cuda_versions={"colsum": "bias_grad"},
-    doc="bias gradient: column sums of the errors"))
+    cuda_versions={"colsum": "bias_grad_colsum", "split": "bias_grad_split"},
+    doc="bias gradient: column sums of the errors (rows also split over the grid for a "
+        "small H; the launcher chooses by shape)"))
+
+
+# -------------------------------------------------------------------------------------
+# Fused recurrent steps (kernels/rnn_recur.cu): a step's recurrent GEMM and its pointwise
+# update in one launch. W is scaled so that the products stay in the activations' range.
+
+def _mk_recur_forward(xp, rng, sz, dtype, act="tanh"):
+    B, H = sz["B"], sz["H"]
+    W = _rand(xp, rng, (H, H), dtype, -1.5 / H**0.5, 1.5 / H**0.5)
+    return (_rand(xp, rng, (B, H), dtype), W.T, _rand(xp, rng, (B, H), dtype),
+            _keep(xp, rng, B, dtype), act)
+
+
+def _mk_recur_backward(xp, rng, sz, dtype, act="tanh"):
+    B, H = sz["B"], sz["H"]
+    W = _rand(xp, rng, (H, H), dtype, -1.5 / H**0.5, 1.5 / H**0.5)
+    return (_rand(xp, rng, (B, H), dtype), W, _rand(xp, rng, (B, H), dtype),
+            _rand(xp, rng, (B, H), dtype), _rand(xp, rng, (B, H), dtype, -0.99, 0.99),
+            _keep(xp, rng, B, dtype), xp.empty((B, H), dtype=dtype), act)
+
+
+def _mk_recur_trunc(xp, rng, sz, dtype, act="tanh"):
+    L, B, H = sz["L"], sz["B"], sz["H"]
+    W = _rand(xp, rng, (H, H), dtype, -1.5 / H**0.5, 1.5 / H**0.5)
+    return (_rand(xp, rng, (L, B, H), dtype), W, _rand(xp, rng, (L, B, H), dtype), L // 2,
+            _rand(xp, rng, (B, H), dtype), _rand(xp, rng, (B, H), dtype, -0.99, 0.99),
+            _keep(xp, rng, B, dtype), xp.empty((L, B, H), dtype=dtype),
+            xp.empty((B, H), dtype=dtype), act)
+
+
+_RECUR_BH = {"quick": {"B": 37, "H": 45}, "full": {"B": 64, "H": 1024}}
+
+_register(KernelSpec(
+    "recur_forward", "rnn_recur.cu", recur_forward, _mk_recur_forward, (2,),
+    flops=lambda z: 2.0 * z["B"] * z["H"] * z["H"],
+    nbytes=lambda z: (z["H"] * z["H"] + 4 * z["B"] * z["H"]) * _F, sizes=_RECUR_BH,
+    cuda_versions={"fused": "recur_forward"},
+    doc="one forward step: the recurrent GEMM with the activation and mask as its epilogue"))
+_register(KernelSpec(
+    "recur_backward", "rnn_recur.cu", recur_backward, _mk_recur_backward, (2, 6),
+    flops=lambda z: 2.0 * z["B"] * z["H"] * z["H"],
+    nbytes=lambda z: (z["H"] * z["H"] + 7 * z["B"] * z["H"]) * _F, sizes=_RECUR_BH,
+    cuda_versions={"fused": "recur_backward"},
+    doc="one full-BPTT step: W^T dz_{t+1} with the delta update as its epilogue"))
+_register(KernelSpec(
+    "recur_trunc_backward", "rnn_recur.cu", recur_trunc_backward, _mk_recur_trunc, (2, 7, 8),
+    flops=lambda z: 2.0 * z["L"] * z["B"] * z["H"] * z["H"],
+    nbytes=lambda z: (z["L"] * z["H"] * z["H"] + (4 * z["L"] + 3) * z["B"] * z["H"]) * _F,
+    sizes={"quick": {"L": 3, "B": 37, "H": 45}, "full": {"L": 8, "B": 64, "H": 1024}},
+    cuda_versions={"fused": "recur_trunc_backward"},
+    doc="one truncated-BPTT step for all L live streams: (L*B) x H x H GEMM + epilogue"))

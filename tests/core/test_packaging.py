@@ -30,3 +30,6 @@ def test_wheel_ships_every_cuda_source(tmp_path):
     for name in sources:
         assert f"rnn_gpu/cuda_kernels/{name}" in names  # where backend.kernel_dir() looks first
     assert "rnn_gpu/kernels.py" in names
+    assert "rnn_gpu/lm/trainer.py" in names  # the training application, a subpackage
+    assert "rnn_gpu/ops/registry.py" in names and "rnn_gpu/cuda/launchers.py" in names
+    assert "rnn_gpu/bench/__init__.py" in names and "rnn_gpu/bench/peers.py" in names

@@ -37,6 +37,19 @@ def _compare(m, x, y, h0, trunc, mask, tol):
     assert rel_err(to_numpy(h_last), rh) < tol
 
 
+def test_recurrence_choice_is_cached_and_overridable(device, monkeypatch):
+    monkeypatch.delenv("RNN_GPU_RECUR", raising=False)
+    ops = device.backend.ops
+    first = ops.recurrence(7, 45, np.float32)
+    assert first in ("gemm", "fused") and ops.recurrence(7, 45, np.float32) == first
+    for forced in ("gemm", "fused"):
+        monkeypatch.setenv("RNN_GPU_RECUR", forced)
+        assert ops.recurrence(7, 45, np.float32) == forced
+    monkeypatch.setenv("RNN_GPU_RECUR", "magic")
+    with pytest.raises(ValueError, match="RNN_GPU_RECUR"):
+        ops.recurrence(7, 45, np.float32)
+
+
 def test_engine_runs_the_cuda_launchers(device):
     from rnn_gpu.cuda.launchers import CudaOps  # noqa: PLC0415
 
@@ -45,18 +58,27 @@ def test_engine_runs_the_cuda_launchers(device):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("act,out,trunc,dense,masked,with_h0", CONFIGS)
-def test_cuda_engine_matches_reference(device, dtype, act, out, trunc, dense, masked, with_h0):
+@pytest.mark.parametrize("i,act,out,trunc,dense,masked,with_h0",
+                         [(i, *c) for i, c in enumerate(CONFIGS)])
+def test_cuda_engine_matches_reference(device, dtype, i, act, out, trunc, dense, masked,
+                                       with_h0, monkeypatch):
+    """Every configuration in each dtype; the recurrence alternates between its two forms
+    (cuBLAS GEMM + pointwise kernel, and the fused recurrent-step kernel)."""
+    recur = ("gemm", "fused")[(i + (dtype == "float32")) % 2]
+    monkeypatch.setenv("RNN_GPU_RECUR", recur)
     m = randomize(cuda_model(device, I, H, O, dtype=dtype, hidden_activation=act, output=out))
     x, y, h0, mask = make_problem(out, dense, masked, with_h0, T=T)
     _compare(m, x, y, h0, trunc, mask, TOL[dtype])
 
 
+@pytest.mark.parametrize("recur", ["gemm", "fused"])
 @pytest.mark.parametrize("outer", ["cublas", "tiled"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_cuda_engine_larger_sizes(device, dtype, outer, monkeypatch):
-    """Sizes that are not multiples of any block or tile, repeated ids, both dW paths."""
+def test_cuda_engine_larger_sizes(device, dtype, outer, recur, monkeypatch):
+    """Sizes that are not multiples of any block or tile, repeated ids, both dW paths,
+    both forms of the recurrence."""
     monkeypatch.setenv("RNN_GPU_OUTER", outer)
+    monkeypatch.setenv("RNN_GPU_RECUR", recur)
     sizes = (37, 129, 301)
     m = randomize(cuda_model(device, *sizes, dtype=dtype), scale=0.2)
     for dense in (False, True):

@@ -208,6 +208,7 @@ def _graphed_step(stream, step):
     g.xp = types.SimpleNamespace(
         get_default_memory_pool=_FakePool,
         cuda=types.SimpleNamespace(using_allocator=lambda alloc: contextlib.nullcontext()))
+    g.engine = types.SimpleNamespace(ops=types.SimpleNamespace(prepare_capture=lambda: None))
     g.stream, g.graph, g._step = stream, None, step
     return g
 

@@ -33,12 +33,16 @@ def _compare(m, x, y, tol, **kw):
     assert rel_err(to_numpy(h_last), rh) < tol
 
 
-CONFIGS = [(dt, *c) for dt, c in zip(["float64", "float32"] * 12, sample(24, 3))]
+# both recurrences (GEMM + pointwise kernel, or the fused step kernel), both dtypes
+CONFIGS = [(r, dt, *c) for r, dt, c in zip(["gemm", "gemm", "fused", "fused"] * 6,
+                                            ["float64", "float32"] * 12, sample(24, 3))]
 
 
-@pytest.mark.parametrize("dtype,layers,bi,act,out,trunc,dense,masked,lmask,with_h0,drop", CONFIGS)
-def test_cuda_stack_matches_reference(device, dtype, layers, bi, act, out, trunc, dense, masked,
-                                      lmask, with_h0, drop):
+@pytest.mark.parametrize("recur,dtype,layers,bi,act,out,trunc,dense,masked,lmask,with_h0,drop",
+                         CONFIGS)
+def test_cuda_stack_matches_reference(device, monkeypatch, recur, dtype, layers, bi, act, out,
+                                      trunc, dense, masked, lmask, with_h0, drop):
+    monkeypatch.setenv("RNN_GPU_RECUR", recur)
     m = randomize(cuda_model(device, *SIZES, num_layers=layers, bidirectional=bi, dtype=dtype,
                              hidden_activation=act, output=out))
     x, y, _, mask = make_problem(out, dense, masked, False, T=T, sizes=SIZES)
@@ -46,9 +50,11 @@ def test_cuda_stack_matches_reference(device, dtype, layers, bi, act, out, trunc
     _compare(m, x, y, TOL[dtype], h0=h0, truncate=trunc, mask=mask, loss_mask=lm, dropout=dr)
 
 
-@pytest.mark.parametrize("layers,bi,trunc,dtype", [(2, True, None, "float32"),
-                                                   (3, False, 3, "float64")])
-def test_cuda_stack_larger_sizes(device, layers, bi, trunc, dtype):
+@pytest.mark.parametrize("layers,bi,trunc,dtype,recur", [(2, True, None, "float32", "fused"),
+                                                         (3, False, 3, "float64", "gemm"),
+                                                         (2, False, 2, "float32", "fused")])
+def test_cuda_stack_larger_sizes(device, monkeypatch, layers, bi, trunc, dtype, recur):
+    monkeypatch.setenv("RNN_GPU_RECUR", recur)
     sizes = (37, 67, 45)
     m = randomize(cuda_model(device, *sizes, num_layers=layers, bidirectional=bi, dtype=dtype),
                   scale=0.2)

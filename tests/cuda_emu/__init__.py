@@ -9,13 +9,16 @@ runs the real launchers on the real kernel sources.
 """
 from __future__ import annotations
 
-from .cublas import CUBLAS_OP_N, CUBLAS_OP_T, fake_cublas
+from . import streams
+from .cublas import CUBLAS_OP_N, CUBLAS_OP_T, FakeLibcublas, fake_cublas
 from .device import emulated_backend, fake_cupy
+from .errors import EmulationError
 from .kernels import HEADER, Kernel, Library, Loader, build, compiler, kernel, launch_bounds
-from .memory import (DeviceArray, EmulationError, asarray, ascontiguousarray, check_guards,
-                     empty, empty_like, ones, zeros, zeros_like)
+from .memory import (DeviceArray, asarray, ascontiguousarray, check_guards, empty, empty_like,
+                     ones, zeros, zeros_like)
 
-__all__ = ["CUBLAS_OP_N", "CUBLAS_OP_T", "DeviceArray", "EmulationError", "HEADER", "Kernel",
+__all__ = ["CUBLAS_OP_N", "CUBLAS_OP_T", "DeviceArray", "EmulationError", "FakeLibcublas",
+           "HEADER", "Kernel", "streams",
            "Library", "Loader", "asarray", "ascontiguousarray", "build", "check_guards",
            "compiler", "empty", "empty_like", "emulated_backend", "fake_cublas", "fake_cupy",
            "kernel", "launch_bounds", "ones", "zeros", "zeros_like"]

@@ -21,7 +21,9 @@ import numpy as np
 from rnn_gpu.cuda.compile import kernel_dir, module_source
 
 from ..helpers import defined_kernels
-from .memory import DeviceArray, EmulationError, check_guards
+from . import streams
+from .errors import EmulationError
+from .memory import DeviceArray, check_guards
 
 HEADER = Path(__file__).with_name("cuda_emu.h")
 _CODE = {np.dtype(np.float32): "f", np.dtype(np.float64): "d", np.dtype(np.int32): "i",
@@ -143,10 +145,15 @@ class Kernel:
                                  f"__launch_bounds__({self.max_threads})")
         g = (ctypes.c_uint * 3)(*dims[0])
         b = (ctypes.c_uint * 3)(*dims[1])
-        err = ctypes.create_string_buffer(512)
-        if self._launch(g, b, ptrs, Kernel.order, err, len(err)):
-            raise EmulationError(f"{self.name}: {err.value.decode()}")
-        check_guards(self.name)
+        keep = (vals, ptrs, g, b)  # the argument values are fixed at launch, as on a GPU
+
+        def launch():
+            err = ctypes.create_string_buffer(512)
+            if self._launch(keep[2], keep[3], keep[1], Kernel.order, err, len(err)):
+                raise EmulationError(f"{self.name}: {err.value.decode()}")
+            check_guards(self.name)
+
+        streams.run(self.name, launch)
 
 
 @functools.lru_cache(maxsize=None)

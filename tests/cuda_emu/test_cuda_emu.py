@@ -186,13 +186,18 @@ def test_the_emulated_backend_is_assembled_like_the_real_one():
     module, loader and cuBLAS: nothing swapped in sys.modules, nothing shared."""
     import sys
 
+    from rnn_gpu.cuda.cublas_capi import CublasCApi
     from rnn_gpu.cuda.launchers import CudaOps
 
     had = {k: sys.modules.get(k) for k in ("cupy", "cupy.cuda", "cupy.cuda.cublas")}
     be = cuda_emu.emulated_backend()
     assert be.name == "cupy" and be.is_gpu and isinstance(be.ops, CudaOps)
     assert be.xp.ndarray is cuda_emu.DeviceArray and be.ops.xp is be.xp
-    assert be.ops.blas.cublas is be.xp.cuda.cublas
+    assert isinstance(be.ops.blas.cublas, CublasCApi)  # the C API, as on a GPU where found
+    assert isinstance(be.ops.blas.cublas.lib, cuda_emu.FakeLibcublas) and be.ops.capturable
+    cupy_binding = cuda_emu.emulated_backend(capi=False)
+    assert cupy_binding.ops.blas.cublas is cupy_binding.xp.cuda.cublas
+    assert not cupy_binding.ops.capturable
     assert isinstance(be.ops.loader, cuda_emu.Loader)
     assert {k: sys.modules.get(k) for k in had} == had
     assert cuda_emu.emulated_backend().ops is not be.ops

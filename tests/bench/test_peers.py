@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import rnn_gpu
-from rnn_gpu import peers
+from rnn_gpu.bench import peers
 
-from .helpers import randomize, rel_err
+from ..helpers import randomize, rel_err
 
 SIZES = (7, 5, 6)  # I, H, O: repeated token ids at T * B = 12
 
@@ -72,3 +72,10 @@ def test_torch_missing_is_named(monkeypatch):
     assert why is not None and "PyTorch does not import" in why
     with pytest.raises(RuntimeError, match="PyTorch"):
         peers.TorchRNN({}, device="cpu")
+
+
+def test_old_module_name_re_exports_the_peers():
+    from rnn_gpu import peers as old
+
+    assert old.SeedLoop is peers.SeedLoop and old.TorchRNN is peers.TorchRNN
+    assert old.torch_unavailable_reason is peers.torch_unavailable_reason

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from rnn_gpu.checkpoint import load_checkpoint
+from rnn_gpu.lm.checkpoint import load_checkpoint
 from rnn_gpu.cli import main
 
 from .test_train import make_text
@@ -70,14 +70,14 @@ def test_sample_command_is_deterministic(trained, capsys):
 
 
 def test_ctrl_c_saves_the_run_and_exits_130(tmp_path, corpus, capsys, monkeypatch):
-    from rnn_gpu.train import Trainer
+    from rnn_gpu.lm.trainer import Trainer
 
     real = Trainer.train_step
 
     def step_then_ctrl_c(self):
         out = real(self)
-        if self.step == 3:
-            self._interrupted = True  # what the SIGINT handler does
+        if self.state.step == 3:
+            self.interrupt()  # what the SIGINT handler does
         return out
 
     monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
@@ -116,6 +116,17 @@ def test_help_and_version(capsys):
     assert "rnn-gpu" in capsys.readouterr().out
     assert main(["train", "--help"]) == 0
     assert "--time-budget" in capsys.readouterr().out
+
+
+def test_cuda_graph_option(capsys):
+    assert main(["train", "--help"]) == 0
+    assert "--no-cuda-graph" in capsys.readouterr().out
+    from rnn_gpu.cli import build_parser
+    from rnn_gpu.lm import TrainConfig
+
+    assert build_parser().parse_args(["train", "--no-cuda-graph"]).cuda_graph is False
+    assert "cuda_graph" not in vars(build_parser().parse_args(["train"]))
+    assert TrainConfig().cuda_graph is True  # the default: captured steps on CuPy
 
 
 def test_bench_missing_module_is_a_clear_error(monkeypatch, capsys):
@@ -216,3 +227,49 @@ def test_subprocess_smoke(tmp_path, corpus):
     assert r.stderr.strip().count("\n") == 0 and "not found" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "rnn-gpu-checkpoint.npz").exists()
+
+
+def test_messages_name_the_options(tmp_path, corpus, trained, capsys):
+    # the library names its arguments (lr, length, ...); the command line names its options
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("abcdefghij" * 5)
+    d = ["--data", str(corpus), "--out", str(tmp_path / "x.npz"), "--no-progress"]
+    ck = str(trained)
+    cases = [
+        (["train", *d, "--lr", "-0.1"], "--lr: expected a positive number, got -0.1"),
+        (["train", *d, "--momentum", "0.5"], "--momentum applies to --optimizer sgd only, not adam"),
+        (["train", *d, "--optimizer", "sgd", "--momentum", "1.5"],
+         "--momentum: expected a number in [0, 1), got 1.5"),
+        (["train", *d, "--min-improvement", "0.5"],
+         "--min-improvement: expected a number >= 1, got 0.5"),
+        (["train", *d, "--valid-fraction", "1.5"],
+         "--valid-fraction: expected a number in (0, 1), got 1.5"),
+        (["train", *d, "--vocab-size", "2"], "--vocab-size: expected an integer >= 3, got 2"),
+        (["train", "--data", str(tiny), "--no-progress"],
+         "training text is too small: 45 tokens, but one batch of one chunk needs batch_size * "
+         "(bptt + 1) = 32 * (64 + 1) = 2080; use a larger text or smaller --batch-size / --bptt"),
+        (["sample", ck, "--length", "-3"], "--length: expected a non-negative integer, got -3"),
+        (["sample", ck, "--temperature", "-1"], "--temperature: expected a number >= 0, got -1.0"),
+        (["sample", ck, "--prime", "\u2603"], "--prime holds '\u2603', which is not in the vocabulary"),
+    ]
+    for argv, message in cases:
+        rc = main(argv)
+        assert rc == 2, argv
+        assert assert_one_line_error(capsys, rc) == f"rnn-gpu: error: {message}", argv
+
+
+def test_choices_are_the_library_constants():
+    from rnn_gpu.backend import BACKENDS
+    from rnn_gpu.cli import build_parser
+    from rnn_gpu.lm import INPUT_INITS, LEVELS, OPTIMIZERS, SCHEDULES
+    from rnn_gpu.model import DTYPES
+    from rnn_gpu.reference import ACTIVATIONS
+
+    (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
+    choices = {name: {a.option_strings[0]: tuple(a.choices) for a in sub._actions if a.choices}
+               for name, sub in commands.choices.items()}
+    assert choices["train"] == {"--level": LEVELS, "--activation": ACTIVATIONS,
+                                "--input-init": INPUT_INITS, "--dtype": DTYPES,
+                                "--backend": BACKENDS, "--optimizer": OPTIMIZERS,
+                                "--schedule": SCHEDULES}
+    assert choices["sample"] == choices["gradcheck"] == {"--backend": BACKENDS}

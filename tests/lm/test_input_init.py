@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rnn_gpu.errors import UsageError
-from rnn_gpu.optim import make_optimizer
-from rnn_gpu.train import TrainConfig, Trainer
+from rnn_gpu.lm.optim import make_optimizer
+from rnn_gpu.lm.trainer import TrainConfig, Trainer
 
 
 def _corpus(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "convergence.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "convergence.py"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The trainer: learning, exact resume, divergence, schedules (rnn_gpu.train)."""
+"""The trainer: learning, exact resume, divergence, schedules (rnn_gpu.lm.trainer)."""
 from __future__ import annotations
 
 import io
@@ -9,9 +9,9 @@ import pytest
 from rich.console import Console
 
 import rnn_gpu
-from rnn_gpu.checkpoint import load_checkpoint
+from rnn_gpu.lm.checkpoint import load_checkpoint
 from rnn_gpu.errors import CheckpointError, DataError, TrainingDiverged, UsageError
-from rnn_gpu.train import TrainConfig, Trainer, evaluate, token_nll_sum
+from rnn_gpu.lm import TrainConfig, Trainer, evaluate
 
 WORDS = "the a cat dog bird sat ran flew on under over mat log tree and then".split()
 
@@ -62,12 +62,10 @@ def test_training_lowers_validation_loss(tmp_path, text_file):
     assert len(tr.sample(30, seed=0)) == 30
 
 
-def test_token_nll_matches_engine_loss(tmp_path, text_file):
+def test_evaluation_is_the_engine_loss_per_token(tmp_path, text_file):
     tr = Trainer(small_config(tmp_path, text_file), console=quiet())
     x, y = tr.train_data[:12], tr.train_data[1:13]
     loss, _, _ = tr.model.loss_and_grads(x, y)
-    logits, _ = tr.model.forward(x)
-    assert token_nll_sum(logits, y) == pytest.approx(loss, rel=1e-5)
     assert evaluate(tr.model, tr.train_data[:13], 12) == pytest.approx(loss / y.size, rel=1e-5)
 
 
@@ -90,13 +88,14 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, text_file, sch
 
     def step_then_ctrl_c():
         out = real()
-        first._interrupted = first._interrupted or first.step == 17
+        if first.state.step == 17:
+            first.interrupt()  # what the SIGINT handler does
         return out
 
     first.train_step = step_then_ctrl_c
     assert first.fit().stop_reason == "interrupted"
     resumed = Trainer.from_checkpoint(tmp_path / "b.npz", console=quiet())
-    assert resumed.step == 17
+    assert resumed.state.step == 17
     resumed.fit()
 
     a, b = params_of(full.model), params_of(resumed.model)
@@ -104,7 +103,7 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, text_file, sch
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert full.optimizer.lr == resumed.optimizer.lr
     assert full.optimizer.t == resumed.optimizer.t == 34
-    assert full.rng.bit_generator.state == resumed.rng.bit_generator.state
+    assert full.state.rng.bit_generator.state == resumed.state.rng.bit_generator.state
     ca, cb = load_checkpoint(tmp_path / "a.npz"), load_checkpoint(tmp_path / "b.npz")
     for k in ca.optim:
         np.testing.assert_array_equal(ca.optim[k], cb.optim[k])
@@ -154,9 +153,9 @@ def test_mikolov_restores_weights_when_validation_worsens(tmp_path, text_file):
     tr = Trainer(small_config(tmp_path, text_file, schedule="mikolov", max_steps=10, eval_every=5),
                  console=quiet())
     tr.fit()  # first scheduled evaluation at step 5 saves a copy, the second acts on it
-    saved = {k: v.copy() for k, v in tr.prev_params.items()}
+    saved = {k: v.copy() for k, v in tr.state.prev_params.items()}
     tr.schedule.prev = 0.0  # pretend the last evaluation was perfect: the next is worse
-    note = tr._scheduled_eval(tr.evaluate())
+    note = tr._scheduled_eval(tr.evaluate()).note
     assert "restored" in note
     for k, v in saved.items():
         np.testing.assert_array_equal(tr.model.params[k], v)
@@ -241,6 +240,9 @@ def test_bad_config_values(tmp_path, text_file):
                      ({"max_steps": 0}, "--max-steps"), ({"time_budget": -5.0}, "--time-budget"),
                      ({"clip": -1.0}, "--clip"), ({"truncate": 0}, "--truncate"),
                      ({"dropout": 1.0}, "--dropout"), ({"dropout": -0.1}, "--dropout"),
+                     ({"optimizer": "rmsprop"}, "--optimizer: expected one of"),
+                     ({"schedule": "linear"}, "--schedule: expected one of"),
+                     ({"level": "byte"}, "--level: expected char or word"),
                      ({"out": str(tmp_path / "missing" / "ck.npz")}, "--out")]:
         with pytest.raises(UsageError, match=flag):
             Trainer(small_config(tmp_path, text_file, **kw), console=quiet())
@@ -267,8 +269,8 @@ def test_interrupt_stops_after_the_step_with_a_checkpoint(tmp_path, text_file):
     real = tr.model.loss_and_grads
 
     def ctrl_c_at_step_3(*a, **k):
-        if tr.step == 2:
-            tr._interrupted = True  # what the SIGINT handler does
+        if tr.state.step == 2:
+            tr.interrupt()  # what the SIGINT handler does
         return real(*a, **k)
 
     tr.model.loss_and_grads = ctrl_c_at_step_3
@@ -280,7 +282,7 @@ def test_interrupt_stops_after_the_step_with_a_checkpoint(tmp_path, text_file):
 def test_builtin_fallback_corpus_fits_the_defaults(monkeypatch):
     import sys
 
-    from rnn_gpu.data import check_trainable, load_corpus
+    from rnn_gpu.lm.data import check_trainable, load_corpus
 
     monkeypatch.setitem(sys.modules, "pydoc_data.topics", None)
     c = load_corpus(None)

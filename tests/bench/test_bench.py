@@ -8,7 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from rnn_gpu import bench, kernels, peers
+from rnn_gpu import bench
+from rnn_gpu.ops import numpy_ops as kernels  # the twins; REGISTRY below
+from rnn_gpu.ops import registry
+from rnn_gpu.bench import cli as bench_cli
+from rnn_gpu.bench import kernel_level, peers
 
 FIELDS = ("name", "device", "backend", "dtype", "shape", "median_ms", "min_ms", "max_ms",
           "peer", "peer_median_ms", "speedup", "versions", "command", "date")
@@ -35,7 +39,7 @@ def test_quick_end_to_end(tmp_path, capsys):
     assert by_name["peak:copy"]["gbps"] > 0
 
     # every kernel of the registry: validated, then timed, with derived figures
-    for name in kernels.REGISTRY:
+    for name in registry.REGISTRY:
         r = by_name[f"kernel:{name}:numpy"]
         assert r["status"] == "ok" and r["validated"] is True
         assert r["max_rel_err"] < bench.KERNEL_TOL["float32"]
@@ -60,8 +64,17 @@ def test_quick_end_to_end(tmp_path, capsys):
     assert "validated" in text and "results written" in text
 
 
+def test_kernel_seam_on_the_cpu():
+    import rnn_gpu
+
+    assert kernel_level.kernel_specs() is registry.REGISTRY
+    cpu = rnn_gpu.get_backend("numpy")
+    for spec in registry.REGISTRY.values():
+        assert kernel_level.kernel_versions(spec, cpu) == {"numpy": spec.twin}
+
+
 def test_broken_kernel_version_fails_and_is_not_timed(tmp_path, monkeypatch, capsys):
-    spec = kernels.REGISTRY["act_forward"]
+    spec = registry.REGISTRY["act_forward"]
     calls = []
 
     def broken(a, h_prev, keep, act):
@@ -69,8 +82,8 @@ def test_broken_kernel_version_fails_and_is_not_timed(tmp_path, monkeypatch, cap
         kernels.act_forward(a, h_prev, keep, act)
         a *= 1.01
 
-    monkeypatch.setattr(kernels, "REGISTRY", {"act_forward": spec})
-    monkeypatch.setattr(bench, "kernel_versions",
+    monkeypatch.setattr(registry, "REGISTRY", {"act_forward": spec})
+    monkeypatch.setattr(kernel_level, "kernel_versions",
                         lambda s, be: {"numpy": s.twin, "broken": broken})
     out = tmp_path / "k.jsonl"
     rc = bench.main(["--quick", "--only", "kernels", "--out", str(out)])
@@ -165,6 +178,38 @@ def test_compare_rejects_a_bad_line(tmp_path):
         bench.compare(str(a), str(a), None)
 
 
+def test_gpu_tests_option_says_where_the_summary_went(tmp_path, capsys):
+    cli = pytest.importorskip("rnn_gpu.cli")
+    out = tmp_path / "none.jsonl"
+    for run in (lambda: bench.main(["--quick", "--gpu-tests", "--out", str(out)]),
+                lambda: cli.main(["bench", "--gpu-tests"])):
+        assert run() == 2
+        text = capsys.readouterr()
+        lines = text.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("rnn-gpu: error: --gpu-tests")
+        assert "bench/gpu_check.sh OUTDIR" in lines[0] and not text.out
+    assert not out.exists()  # nothing run
+
+
+def test_the_bench_does_not_run_the_test_suite():
+    import inspect
+
+    import rnn_gpu.bench as pkg
+
+    for mod in (pkg.cli, pkg.kernel_level, pkg.step_level, pkg.memory, pkg.records):
+        src = inspect.getsource(mod)
+        assert "pytest" not in src and "PYTHONPATH" not in src and '"tests"' not in src
+
+
+def test_command_line_recorded(monkeypatch):
+    assert bench.__doc__.splitlines()[0] == bench_cli.DESCRIPTION  # rnn-gpu bench --help
+    ns = argparse.Namespace()
+    for argv0, want in (("/x/rnn_gpu/__main__.py", "python -m rnn_gpu bench --quick"),
+                        ("/usr/bin/rnn-gpu", "rnn-gpu bench --quick")):
+        monkeypatch.setattr("sys.argv", [argv0, "bench", "--quick"])
+        assert bench_cli._command_line(ns) == want
+
+
 def test_parse_shapes_and_peers():
     assert bench.parse_shapes("64,32,256,65; 35,20,200,10000") == [(64, 32, 256, 65),
                                                                    (35, 20, 200, 10000)]
@@ -224,6 +269,8 @@ def test_plot_from_a_result_file(tmp_path):
 @pytest.mark.gpu
 def test_quick_on_the_gpu(tmp_path):
     """Every CUDA version validated and timed with events; eager and graphed steps."""
+    import rnn_gpu
+
     out = tmp_path / "gpu.jsonl"
     rc = bench.main(["--quick", "--backend", "cupy", "--peers", "torch", "--no-gpu-tests",
                      "--out", str(out)])
@@ -231,9 +278,11 @@ def test_quick_on_the_gpu(tmp_path):
     rows = _rows(out)
     by_name = {r["name"]: r for r in rows}
     assert by_name["peak:matmul"]["backend"] == "cupy"
-    for name, spec in kernels.REGISTRY.items():
-        assert spec.cupy_versions, name
-        for v in spec.cupy_versions:
+    gpu = rnn_gpu.get_backend("cupy")
+    for name, spec in registry.REGISTRY.items():
+        versions = kernel_level.kernel_versions(spec, gpu)
+        assert versions, name
+        for v in versions:
             r = by_name[f"kernel:{name}:{v}"]
             assert r["status"] == "ok" and r["validated"] is True, (name, v)
             assert r["peer"] == "numpy twin (host)" and r["speedup"] > 0
@@ -245,27 +294,17 @@ def test_quick_on_the_gpu(tmp_path):
 
 def test_gpu_paths_on_the_emulator(tmp_path, monkeypatch):
     """The bench's GPU code (event timer, CUDA versions validated then timed beside the
-    host twin, the step on the CUDA launchers, pool memory, the graph skipped with its
-    reason) run on the CPU emulator of tests/cuda_emu.py, standing in as backend "cupy"."""
-    import rnn_gpu
-    from rnn_gpu import backend
+    host twin, the step on the CUDA launchers, pool memory, the captured step) run on the
+    CPU emulator (tests/cuda_emu/), handed to the bench as its "cupy" backend."""
+    from ..helpers import cuda_device
 
-    from . import cuda_emu
-    from .helpers import cuda_device
-
-    backend.cupy_unavailable_reason()  # probe the real CuPy before "cupy" is replaced
-    be = cuda_emu.emulated_backend("cupy")
-    with cuda_device("emulated") as dev, cuda_emu.as_cupy(be.xp):
-        monkeypatch.setattr(rnn_gpu, "cuda_ops", dev.ops, raising=False)
-        for name, spec in kernels.REGISTRY.items():
-            monkeypatch.setattr(spec, "cupy_versions", dict(dev.ops._VERSIONS[name]))
-        monkeypatch.setattr(bench, "_backends", lambda ctx: [be])
-        monkeypatch.setattr(bench, "matmul_sizes", lambda gpu, quick: 96)
+    with cuda_device("emulated") as dev:
+        monkeypatch.setattr(kernel_level, "matmul_sizes", lambda gpu, quick: 96)
         out = tmp_path / "emu.jsonl"
         rc = bench.main(["--quick", "--backend", "cupy", "--kernel", "softmax_xent",
                          "--kernel", "outer_accum", "--kernel", "bias_grad",
                          "--shapes", "6,4,24,17", "--peers", "seed", "--reps", "2",
-                         "--warmup", "0", "--no-gpu-tests", "--out", str(out)])
+                         "--warmup", "0", "--out", str(out)], backends=[dev.backend])
     assert rc == 0
     rows = _rows(out)
     for r in rows:
@@ -283,5 +322,49 @@ def test_gpu_paths_on_the_emulator(tmp_path, monkeypatch):
     assert step["peer"] == "seed-loop" and step["speedup"] > 0
     assert step["peak_mem_method"] == "CuPy memory pool growth over one step"
     assert step["peak_mem_bytes"] > 0 and step["workspace_bytes"] > 0
-    graph = by_name["skip:CUDA-Graph replay at step T=6,B=4,H=24,V=17"]
-    assert "capture failed" in graph["reason"] and "not emulated" in graph["reason"]
+    graph = by_name["step:rnn_gpu-graph"]  # the emulator captures and replays the step
+    assert graph["backend"] == "cupy" and graph["validated"] is True and graph["median_ms"] > 0
+    assert not [n for n in by_name if n.startswith("skip:CUDA-Graph")]
+
+
+def test_gpu_times_come_from_cupyx_profiler():
+    from rnn_gpu.bench import timing
+
+    seen = {}
+
+    def benchmark(func, n_repeat, n_warmup):  # cupyx.profiler.benchmark's part used here
+        seen.update(n_repeat=n_repeat, n_warmup=n_warmup)
+        for _ in range(n_warmup + n_repeat):
+            func()
+        return type("Result", (), {"gpu_times": np.array([[0.004, 0.002, 0.003]])})()
+
+    calls = []
+    st = timing.cupy_stats(None, lambda: calls.append(1), reps=3, warmup=2, inner=4,
+                           benchmark=benchmark)
+    assert seen == {"n_repeat": 3, "n_warmup": 2} and len(calls) == 5 * 4
+    assert st.times_ms == pytest.approx([1.0, 0.5, 0.75])  # seconds over 4 calls, in ms
+    assert timing.gpu_timer(None, benchmark)(lambda: None, inner=2) == pytest.approx(2.0)
+    cupy = pytest.importorskip("cupy")  # the real one: its own profiler is what is used
+
+    assert timing._gpu_benchmark(cupy).__module__.startswith("cupyx.profiler")
+
+
+def test_the_emulator_is_timed_by_cuda_events():
+    from rnn_gpu.bench import timing
+
+    from .. import cuda_emu
+
+    cp = cuda_emu.fake_cupy()
+    assert timing._gpu_benchmark(cp) is None
+    calls = []
+    st = timing.cupy_stats(cp, lambda: calls.append(1), reps=2, warmup=1, inner=3)
+    assert len(calls) == 9 and len(st.times_ms) == 2 and min(st.times_ms) >= 0
+
+
+def test_torch_timer_times_the_calls_it_is_given():
+    pytest.importorskip("torch")
+    from rnn_gpu.bench import timing
+
+    calls = []
+    ms = timing.torch_cuda_timer(lambda: calls.append(1), inner=3)
+    assert ms > 0 and len(calls) == 3 + 2  # torch.utils.benchmark warms up with two calls

@@ -1,10 +1,10 @@
-"""Corpus loading, vocabularies, batching and chunking (rnn_gpu.data)."""
+"""Corpus loading, vocabularies, batching and chunking (rnn_gpu.lm.data)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rnn_gpu.data import (
+from rnn_gpu.lm.data import (
     EOS, UNK, Vocab, batchify, check_trainable, default_corpus, get_chunk, iter_chunks,
     load_corpus, n_chunks, read_text, split_text, tokenize,
 )

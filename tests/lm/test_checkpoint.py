@@ -1,4 +1,4 @@
-"""Checkpoints: round trip, atomic writes, and every way a file can be bad (rnn_gpu.checkpoint)."""
+"""Checkpoints: round trip, atomic writes, and every way a file can be bad (rnn_gpu.lm.checkpoint)."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import rnn_gpu
-from rnn_gpu import checkpoint as ckpt
-from rnn_gpu.checkpoint import load_checkpoint, save_checkpoint
-from rnn_gpu.data import Vocab
+from rnn_gpu.lm import checkpoint as ckpt
+from rnn_gpu.lm.checkpoint import load_checkpoint, save_checkpoint
+from rnn_gpu.lm.data import Vocab
 from rnn_gpu.errors import CheckpointError
-from rnn_gpu.optim import Adam
+from rnn_gpu.lm.optim import Adam
 
 
 def _model_and_vocab(seed=3):

@@ -1,13 +1,13 @@
-"""Sampling from a model (rnn_gpu.sample)."""
+"""Sampling from a model (rnn_gpu.lm.sample)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import rnn_gpu
-from rnn_gpu.data import Vocab
+from rnn_gpu.lm.data import Vocab
 from rnn_gpu.errors import DataError, UsageError
-from rnn_gpu.sample import draw, probabilities, sample
+from rnn_gpu.lm.sample import draw, probabilities, sample
 
 
 @pytest.fixture
@@ -61,9 +61,10 @@ def test_probabilities_are_float64_and_normalized():
 
 def test_bad_arguments(model_vocab):
     m, v = model_vocab
-    with pytest.raises(UsageError, match="--temperature"):
+    # the library names its arguments; the CLI (tests/lm/test_cli.py) names the options
+    with pytest.raises(UsageError, match="^temperature: expected a number >= 0, got -1$"):
         sample(m, v, 5, temperature=-1)
-    with pytest.raises(UsageError, match="--length"):
+    with pytest.raises(UsageError, match="^length: expected a non-negative integer, got -5$"):
         sample(m, v, -5)
     with pytest.raises(DataError, match="does not fit"):
         sample(m, Vocab.build(["ab"]), 5)

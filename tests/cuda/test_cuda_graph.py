@@ -1,0 +1,150 @@
+"""The whole training step captured as a CUDA Graph and replayed: equal, bit for bit, to
+the same step run eagerly, for every configuration of the engine tests, dropout included;
+no allocation during capture; in-place parameter updates seen by every replay; a new
+parameter array recaptures. On a GPU (marker gpu) and on the CPU emulator, whose capture
+records the kernels, the GEMMs through cuBLAS's C API and the in-place array operations,
+and refuses what a real capture refuses (tests/cuda_emu/test_capture.py)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from rnn_gpu import reference, to_numpy
+
+from ..helpers import H, I, O, cuda_device, cuda_model, device_params, make_problem, randomize
+
+SIZES = (I, H, O)  # as in the engine tests: not multiples of any block or tile
+T, B = 6, 3
+CONFIGS = list(itertools.product(reference.ACTIVATIONS, reference.OUTPUTS, (None, 0, 1, 2, T),
+                                 (False, True), (False, True), (False, True)))
+
+
+@pytest.fixture(scope="module", params=device_params("emulated"))
+def device(request):
+    with cuda_device(request.param) as dev:
+        yield dev
+
+
+def _snapshot(result):
+    loss, grads, h = result
+    return loss, {k: to_numpy(v).copy() for k, v in grads.items()}, to_numpy(h).copy()
+
+
+def _poison(m, step):
+    """NaN into every buffer the step writes, so that a replay that did nothing shows."""
+    for g in m._engine.grads.values():
+        g.fill(np.nan)
+    step.ws.S.fill(np.nan)
+    step.ws.loss.fill(np.nan)
+
+
+def _batches(m, output, dense, masked, with_h0, drop):
+    out = []
+    for seed in (0, 1):
+        x, y, h0, mask = make_problem(output, dense, masked, with_h0, T=T, B=B, seed=seed,
+                                      sizes=SIZES)
+        d = None
+        if drop:
+            rng = np.random.default_rng(10 + seed)
+            d = (rng.random((T, B, SIZES[1])) > 0.3) / 0.7
+        xb, yb, h0b, keep = m._prepare(x, y, h0, mask)
+        out.append((xb, yb, h0b, keep, None if d is None else m.backend.asarray(d, m.dtype),
+                     (x, y, h0, mask, d)))
+    return out
+
+
+def _assert_same(got, want, what):
+    assert got[0] == want[0], f"{what}: loss {got[0]!r} != {want[0]!r}"
+    np.testing.assert_array_equal(got[2], want[2], err_msg=f"{what}: h_last")
+    for k in want[1]:
+        np.testing.assert_array_equal(got[1][k], want[1][k], err_msg=f"{what}: d{k}")
+
+
+@pytest.mark.parametrize("i,config", list(enumerate(CONFIGS)), ids=lambda v: str(v))
+def test_replay_equals_eager(device, i, config, monkeypatch):
+    from rnn_gpu.cuda.graph import GraphedStep
+
+    act, out, trunc, dense, masked, with_h0 = config
+    monkeypatch.setenv("RNN_GPU_RECUR", ("fused", "gemm")[(i // 2) % 2])  # both recurrences
+    dtype = ("float64", "float32")[i % 2]
+    drop = i % 3 == 0
+    m = randomize(cuda_model(device, *SIZES, dtype=dtype, hidden_activation=act, output=out),
+                  scale=0.4)
+    step = GraphedStep(m._engine, T, B, dense, trunc, masked, dropout=drop)
+    batches = _batches(m, out, dense, masked, with_h0, drop)
+    eager = []  # the public eager call: the very step the graph captures
+    for b in batches:
+        x, y, h0, mask, d = b[5]
+        eager.append(_snapshot(m.loss_and_grads(x, y, h0=h0, truncate=trunc, mask=mask,
+                                                dropout=d)))
+    for b, want in zip(batches, eager):  # batch 0 captures, batch 1 replays the same graph
+        _poison(m, step)
+        _assert_same(_snapshot(step(m.params, *b[:5])), want, "replay")
+    assert step.replays == 2 and step.capture_allocations == 0
+
+
+def test_eager_step_on_the_capture_stream_equals_loss_and_grads(device):
+    from rnn_gpu.cuda.graph import GraphedStep
+
+    m = randomize(cuda_model(device, *SIZES, dtype="float32"), scale=0.4)
+    step = GraphedStep(m._engine, T, B, True, 1, True, dropout=True)
+    xb, yb, h0b, keep, db, (x, y, h0, mask, d) = _batches(m, "softmax", True, True, True,
+                                                          True)[1]
+    want = _snapshot(m.loss_and_grads(x, y, h0=h0, truncate=1, mask=mask, dropout=d))
+    _assert_same(_snapshot(step.eager(m.params, xb, yb, h0b, keep, db)), want, "eager")
+    assert step.graph is None
+
+
+def test_replay_sees_in_place_parameter_updates_and_recaptures_new_arrays(device):
+    from rnn_gpu.cuda.graph import GraphedStep
+
+    m = randomize(cuda_model(device, *SIZES, dtype="float64"), scale=0.4)
+    step = GraphedStep(m._engine, T, B, False, None, False)
+    xb, yb, h0b, keep, _, _ = _batches(m, "softmax", False, False, True, False)[0]
+    first = _snapshot(step(m.params, xb, yb, h0b))
+    m.params["W"] *= 0.5  # in place, as the optimizers update
+    m.params["U"] += 0.01
+    graph = step.graph
+    eager = _snapshot(step.eager(m.params, xb, yb, h0b))
+    _poison(m, step)
+    got = _snapshot(step(m.params, xb, yb, h0b))
+    assert step.graph is graph and got[0] != first[0]
+    _assert_same(got, eager, "after an in-place update")
+    m.params["W"] = m.params["W"].copy()  # a new array: the step recaptures
+    _assert_same(_snapshot(step(m.params, xb, yb, h0b)), eager, "recaptured")
+    assert step.graph is not graph
+
+
+def test_inputs_of_the_wrong_kind_are_refused(device):
+    from rnn_gpu.cuda.graph import GraphedStep
+
+    m = cuda_model(device, *SIZES, dtype="float64")
+    step = GraphedStep(m._engine, T, B, False, None, False)
+    xb, yb, h0b, keep, _, _ = _batches(m, "softmax", False, True, True, False)[0]
+    with pytest.raises(ValueError, match="keep: expected None for a step captured with "
+                                         "masked=False"):
+        step(m.params, xb, yb, h0b, keep)
+    with pytest.raises(ValueError, match="drop: expected None for a step captured with "
+                                         "dropout=False"):
+        step(m.params, xb, yb, h0b, None, m.backend.xp.ones((T, B, SIZES[1])))
+    with pytest.raises(ValueError, match=r"x: expected shape \(6, 3\)"):
+        step(m.params, xb[:3], yb, h0b)
+
+
+def test_capture_through_cupys_cublas_binding_fails_with_the_reason():
+    """CuPy's own binding refuses cuBLAS during capture: the step says why, at once."""
+    from .. import cuda_emu
+
+    with cuda_device("emulated"):
+        from rnn_gpu import RNN
+        from rnn_gpu.cuda.graph import GraphedStep
+
+        be = cuda_emu.emulated_backend(capi=False)
+        m = RNN(*SIZES, backend=be, dtype="float64")
+        step = GraphedStep(m._engine, T, B, False, None, False)
+        xb, yb, h0b, _, _, _ = _batches(m, "softmax", False, False, True, False)[0]
+        with pytest.raises(RuntimeError, match="refuses every call during stream capture"):
+            step(m.params, xb, yb, h0b)
+        assert step.graph is None and not be.xp.cuda.get_current_stream().is_capturing()
