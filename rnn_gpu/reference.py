@@ -180,12 +180,14 @@ def forward_stack(params, x, h0, mask, hidden_activation, drop):
                 s[0] = h0[l * D]
                 for t in range(T):
                     a = _input_projection(U, inp[t]) + s[t] @ W.T + b  # (B, H)
-                    s[t + 1] = np.where(mask[t][:, None] > 0, activation(hidden_activation, a), s[t])
+                    f = activation(hidden_activation, a)
+                    s[t + 1] = np.where(mask[t][:, None] > 0, f, s[t])
             else:
                 s[T] = h0[l * D + 1]
                 for t in reversed(range(T)):
                     a = _input_projection(U, inp[t]) + s[t + 1] @ W.T + b
-                    s[t] = np.where(mask[t][:, None] > 0, activation(hidden_activation, a), s[t + 1])
+                    f = activation(hidden_activation, a)
+                    s[t] = np.where(mask[t][:, None] > 0, f, s[t + 1])
             layer.append(s)
         states.append(layer)
         out = np.concatenate([layer[0][1:]] + ([layer[1][:T]] if D == 2 else []), axis=-1)
@@ -282,7 +284,8 @@ def _backward_per_output(p, grads, x, states, feats, mask, drop, delta_o, k, act
                 dz = delta * activation_grad(act, s[j + 1]) * m  # (B, H)
                 grads[cell_name("W", l, 0)] += dz.T @ s[j]
                 grads[cell_name("b", l, 0)] += dz.sum(axis=0)
-                _add_input_grad(grads[cell_name("U", l, 0)], x[j] if l == 0 else feats[l - 1][j], dz)
+                inp = x[j] if l == 0 else feats[l - 1][j]  # what layer l read at step j
+                _add_input_grad(grads[cell_name("U", l, 0)], inp, dz)
                 carry[l] = dz @ W + delta * (1.0 - m)  # dL_t/ds_{l,j-1}
                 if l > 0:
                     above = (dz @ U) * drop[l - 1][j]  # dL_t/ds_{l-1,j}, through layer l
@@ -314,7 +317,8 @@ def _backward_layered(p, grads, x, states, feats, mask, drop, delta_o, act):
                 dz = delta * activation_grad(act, s_t) * m
                 grads[cell_name("W", l, d)] += dz.T @ s_prev
                 grads[cell_name("b", l, d)] += dz.sum(axis=0)
-                _add_input_grad(grads[cell_name("U", l, d)], x[t] if l == 0 else feats[l - 1][t], dz)
+                inp = x[t] if l == 0 else feats[l - 1][t]
+                _add_input_grad(grads[cell_name("U", l, d)], inp, dz)
                 if l > 0:
                     err_below[t] += dz @ U
                 carry = dz @ W + delta * (1.0 - m)  # to the step before, in this direction
