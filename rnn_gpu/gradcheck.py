@@ -18,38 +18,43 @@ from . import reference
 from .backend import to_numpy
 
 
-def gradcheck(model, x, y, h0=None, truncate=None, mask=None, *, eps: float = 1e-6,
-              max_checks: int | None = None, seed: int = 0) -> dict[str, float]:
+def gradcheck(model, x, y, h0=None, truncate=None, mask=None, *, loss_mask=None,
+              dropout=None, eps: float = 1e-6, max_checks: int | None = None,
+              seed: int = 0) -> dict[str, float]:
     """Max relative error per parameter between the model's gradients and finite differences.
 
     The error of a parameter is max_i |a_i - n_i| / max_i max(|a_i|, |n_i|) over the entries
     checked (analytic a, numeric n), a norm-wise relative error that stays meaningful where
     single entries are zero. max_checks: check at most this many randomly chosen entries
-    per parameter (None: all). Returns {"U": err, "W": err, "V": err, "b": err, "c": err}.
-    Values near 1e-7 or below mean the gradients are right; 1e-2 or above mean a bug.
+    per parameter (None: all). Returns {name: err} for every parameter ("U", "W", "V",
+    "b", "c", and a stack's "U1", "W_reverse", ...). Values near 1e-7 or below mean the
+    gradients are right; 1e-2 or above mean a bug.
     """
     m64 = model if model.dtype == np.float64 else model.to(model.backend, dtype="float64")
-    _, grads, _ = m64.loss_and_grads(x, y, h0=h0, truncate=truncate, mask=mask)
+    _, grads, _ = m64.loss_and_grads(x, y, h0=h0, truncate=truncate, mask=mask,
+                                     loss_mask=loss_mask, dropout=dropout)
     analytic = {k: to_numpy(v).astype(np.float64, copy=True) for k, v in grads.items()}
 
     xh, yh = to_numpy(x), to_numpy(y)
     h0h = None if h0 is None else to_numpy(h0).astype(np.float64)
     mh = None if mask is None else to_numpy(mask).astype(np.float64)
+    lmh = None if loss_mask is None else to_numpy(loss_mask).astype(np.float64)
+    dh = None if dropout is None else to_numpy(dropout).astype(np.float64)
     T = xh.shape[0]
     if truncate is None or truncate >= T - 1:
-        objective = lambda: m64.loss(x, y, h0=h0, mask=mask)[0]  # noqa: E731
+        objective = lambda: m64.loss(x, y, h0=h0, mask=mask, loss_mask=loss_mask,  # noqa: E731
+                                     dropout=dropout)[0]
     else:
         p = {k: to_numpy(v) for k, v in m64.params.items()}
-        B, H = xh.shape[1], m64.hidden_size
-        anchors = reference.forward(p, xh, np.zeros((B, H)) if h0h is None else h0h,
-                                    np.ones(xh.shape[:2]) if mh is None else mh,
-                                    m64.hidden_activation)
+        pp, xx, hh, mm, _, dd = reference.prepare_inputs(p, xh, h0h, mh, dh, lmh)
+        states, _ = reference.forward_stack(pp, xx, hh, mm, m64.hidden_activation, dd)
+        anchors = [layer[0] for layer in states]  # each layer's states, held fixed
 
         def objective():
             return reference.truncated_surrogate_loss(
                 {k: to_numpy(v) for k, v in m64.params.items()}, anchors, xh, yh,
                 truncate=truncate, mask=mh, hidden_activation=m64.hidden_activation,
-                output=m64.output)
+                output=m64.output, drop=dh, loss_mask=lmh)
 
     rng = np.random.default_rng(seed)
     errors = {}

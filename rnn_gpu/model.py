@@ -7,6 +7,10 @@
 
 or, with ``output="adaptive"``, the exact adaptive softmax over ids sorted by frequency
 (:mod:`rnn_gpu.heads.adaptive`, PyTorch's ``AdaptiveLogSoftmaxWithLoss`` parametrization).
+
+Stacked (``num_layers``) and bidirectional: layer l > 0 reads [forward state, reverse
+state] of layer l-1 and the output layer reads that of the top layer (PyTorch's wiring);
+a reverse direction runs from step T-1 down to 0.
 """
 from __future__ import annotations
 
@@ -40,26 +44,27 @@ def _check_choice(name: str, v, choices) -> str:
 
 
 class RNN:
-    """Elman RNN with parameters U (H, I), W (H, H), V (O, H), b (H,), c (O,).
+    """Elman RNN with parameters U (H, I), W (H, H), V (O, D*H), b (H,), c (O,).
 
-    Parameters start uniform in +-1/sqrt(H) (biases zero), reproducibly from `seed`, and
-    live on the chosen backend ("auto", "numpy" or "cupy") in `dtype`.
-
-    ``output="adaptive"`` needs ``cutoffs`` (strictly increasing ids in (0, O)) and takes
-    ``div_value`` (default 4.0): the output layer is then V (c_0 + n, H), c (c_0 + n,) and
-    per cluster i ``tail{i}_proj`` (h_i, H), ``tail{i}_out`` (size_i, h_i), with
-    h_i = int(H // div_value ** (i + 1)). U and W start as above; then V, the projections
-    and the tail outputs are drawn uniform in +-1/sqrt(fan_in) (torch.nn.Linear's scale:
-    fan_in H for V and the projections, h_i for the tail outputs), in that order; c is zero.
+    With ``num_layers`` > 1, layer l >= 1 has "U{l}" (H, D*H), "W{l}" (H, H), "b{l}" (H,);
+    with ``bidirectional``, every layer's reverse direction has the same names plus
+    "_reverse" (D = 2). Parameters start uniform in +-1/sqrt(H) (biases zero),
+    reproducibly from `seed`, and live on the chosen backend ("auto", "numpy" or "cupy")
+    in `dtype`.
     """
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int, *,
+                 num_layers: int = 1, bidirectional: bool = False,
                  backend: str | Backend = "auto", dtype: str = "float32", seed: int = 0,
                  hidden_activation: str = "tanh", output: str = "softmax",
                  cutoffs=None, div_value: float = DEFAULT_DIV_VALUE):
         I = _check_positive_int("input_size", input_size)
         H = _check_positive_int("hidden_size", hidden_size)
         O = _check_positive_int("output_size", output_size)
+        num_layers = _check_positive_int("num_layers", num_layers)
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise ValueError(f"bidirectional: expected True or False, got {bidirectional!r}")
+        bidirectional = bool(bidirectional)
         try:
             dtype_name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
         except TypeError:
@@ -67,7 +72,8 @@ class RNN:
         _check_choice("dtype", dtype_name, DTYPES)
         _check_choice("hidden_activation", hidden_activation, ACTIVATIONS)
         _check_choice("output", output, MODEL_OUTPUTS)
-        self.adaptive = check_adaptive(output, cutoffs, div_value, O, H)
+        # the output layer reads F = D*H features: the adaptive head's sizes follow them
+        self.adaptive = check_adaptive(output, cutoffs, div_value, O, (1 + bidirectional) * H)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
         self.backend = get_backend(backend)
@@ -76,27 +82,32 @@ class RNN:
         self.hidden_activation = hidden_activation
         self.output = output
         self.seed = int(seed)
+        self.num_layers, self.bidirectional = num_layers, bidirectional
 
         rng = np.random.default_rng(self.seed)
         r = 1.0 / np.sqrt(H)
-        shapes = param_shapes(I, H, O)
+        shapes = param_shapes(I, H, O, num_layers, bidirectional)
         if self.adaptive is None:
             host = {k: rng.uniform(-r, r, shapes[k]) for k in ("U", "W", "V")}  # this order:
             host.update(b=np.zeros(H), c=np.zeros(O))  # the init stream of every seed so far
-        else:
+        else:  # U, W, then the head's parameters at torch.nn.Linear's scale
             host = {k: rng.uniform(-r, r, shapes[k]) for k in ("U", "W")}
             host["b"] = np.zeros(H)
             host.update(self.adaptive.init_params(rng))
+        for k, shape in shapes.items():  # then the other layers and directions, in order
+            if k not in host:
+                host[k] = np.zeros(shape) if k[0] == "b" else rng.uniform(-r, r, shape)
         self.params: dict[str, Any] = {
             k: self.backend.asarray(np.ascontiguousarray(v, dtype=self.dtype))
             for k, v in host.items()
         }
-        # U is stored as U^T (I, H) in C order and exposed as its (H, I) view: the token
-        # gather then reads whole rows and never copies a transpose.
-        self.params["U"] = self.backend.asarray(
-            np.ascontiguousarray(host["U"].T, dtype=self.dtype)).T
+        # Layer 0's U is stored as U^T (I, H) in C order and exposed as its (H, I) view:
+        # the token gather then reads whole rows and never copies a transpose.
+        for k in ("U", "U_reverse") if bidirectional else ("U",):
+            self.params[k] = self.backend.asarray(
+                np.ascontiguousarray(host[k].T, dtype=self.dtype)).T
         self._engine = Engine(self.backend, self.dtype, (I, H, O), hidden_activation, output,
-                              self.adaptive)
+                              num_layers, bidirectional, self.adaptive)
 
     # ---------------------------------------------------------------------------------
 
@@ -108,7 +119,8 @@ class RNN:
             "input_size": self.input_size, "hidden_size": self.hidden_size,
             "output_size": self.output_size, "dtype": self.dtype.name,
             "hidden_activation": self.hidden_activation, "output": self.output,
-            "seed": self.seed,
+            "seed": self.seed, "num_layers": self.num_layers,
+            "bidirectional": self.bidirectional,
         }
         if self.adaptive is not None:
             cfg.update(cutoffs=list(self.adaptive.cutoffs), div_value=self.adaptive.div_value)
@@ -117,11 +129,6 @@ class RNN:
     @property
     def cutoffs(self) -> tuple[int, ...] | None:
         return None if self.adaptive is None else self.adaptive.cutoffs
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        """The names of :attr:`params`: PARAM_NAMES, or with the adaptive head's."""
-        return tuple(self.params)
 
     @classmethod
     def from_config(cls, config: dict, *, backend: str | Backend = "auto",
@@ -134,31 +141,56 @@ class RNN:
             sizes = c.pop("input_size"), c.pop("hidden_size"), c.pop("output_size")
         except KeyError as e:
             raise ValueError(f"config: missing {e.args[0]!r}") from None
-        known = {"dtype", "hidden_activation", "output", "seed", "cutoffs", "div_value"}
+        known = {"dtype", "hidden_activation", "output", "seed", "num_layers", "bidirectional",
+                 "cutoffs", "div_value"}
         m = cls(*sizes, backend=backend, **{k: v for k, v in c.items() if k in known})
         if params is not None:
             m.load_params(params)
         return m
 
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """The names of this model's parameters (see :func:`rnn_gpu.reference.param_shapes`,
+        and the adaptive head's)."""
+        return tuple(self.param_shapes)
+
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each parameter's shape."""
+        return RNN.config_param_shapes(self.config)
+
     @staticmethod
     def config_param_shapes(config: dict) -> dict[str, tuple[int, ...]]:
         """The parameter names and shapes a model of `config` (:attr:`config`) has, without
-        building it: U, W, V, b, c, and for output="adaptive" the head's V, c and tails."""
+        building it: the stack's, then for output="adaptive" the head's V, c and tails."""
         try:
             I, H, O = (int(config[k]) for k in ("input_size", "hidden_size", "output_size"))
         except KeyError as e:
             raise ValueError(f"config: missing {e.args[0]!r}") from None
-        shapes = param_shapes(I, H, O)
+        layers, bi = int(config.get("num_layers", 1)), bool(config.get("bidirectional", False))
+        shapes = param_shapes(I, H, O, layers, bi)
         spec = check_adaptive(config.get("output", "softmax"), config.get("cutoffs"),
-                              config.get("div_value", DEFAULT_DIV_VALUE), O, H)
+                              config.get("div_value", DEFAULT_DIV_VALUE), O, (1 + bi) * H)
         if spec is not None:
             shapes.update(spec.param_shapes())
         return shapes
 
+    def state_shape(self, B: int) -> tuple[int, ...]:
+        """The shape of h0 and h_last: (B, H) for one unidirectional layer, else
+        (num_layers*D, B, H), index l*D + d (PyTorch's h_n layout)."""
+        return self._engine.state_shape(B)
+
+    def dropout_shape(self, T: int, B: int) -> tuple[int, ...]:
+        """The shape of `dropout`: (T, B, H) for one unidirectional layer, else
+        (num_layers, T, B, D*H)."""
+        return self._engine.dropout_shape(T, B)
+
     def __repr__(self) -> str:
+        stack = "" if self.num_layers == 1 else f"num_layers={self.num_layers}, "
+        stack += "bidirectional=True, " if self.bidirectional else ""
         extra = "" if self.adaptive is None else (
             f", cutoffs={self.adaptive.cutoffs}, div_value={self.adaptive.div_value}")
-        return (f"RNN({self.input_size}, {self.hidden_size}, {self.output_size}, "
+        return (f"RNN({self.input_size}, {self.hidden_size}, {self.output_size}, {stack}"
                 f"backend={self.backend.name!r}, dtype={self.dtype.name!r}, "
                 f"hidden_activation={self.hidden_activation!r}, output={self.output!r}{extra})")
 
@@ -172,7 +204,7 @@ class RNN:
 
     def load_params(self, params: dict) -> None:
         """Copy parameters (NumPy or backend arrays) into this model, checking shapes."""
-        for name in self.params:
+        for name in self.param_names:
             if name not in params:
                 raise ValueError(f"params: missing {name!r}")
             v = params[name]
@@ -258,7 +290,7 @@ class RNN:
         h0 = self._array("h0", h0)
         if h0 is None:
             return None
-        want = (B, self.hidden_size)
+        want = self.state_shape(B)
         if tuple(h0.shape) != want or h0.dtype.kind != "f":
             raise ValueError(f"h0: expected floats of shape {want}, got {h0.dtype} array "
                              f"of shape {tuple(h0.shape)}")
@@ -278,12 +310,14 @@ class RNN:
             raise ValueError("mask: expected 0/1 (or boolean) values, got other values")
         return keep
 
-    @staticmethod
-    def _check_truncate(truncate):
+    def _check_truncate(self, truncate):
         if truncate is None:
             return None
         if isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)) or truncate < 0:
             raise ValueError(f"truncate: expected None or an integer >= 0, got {truncate!r}")
+        if self.bidirectional:
+            raise ValueError("truncate: truncation is defined for unidirectional models; "
+                             "got truncate with bidirectional=True")
         return int(truncate)
 
     def _prepare(self, x, y, h0, mask, need_y=True):
@@ -307,11 +341,25 @@ class RNN:
 
     # ---------------------------------------------------------------------------------
 
+    def _check_loss_mask(self, loss_mask, keep, T, B):
+        """The loss weights mask * loss_mask (T, B), or None when loss_mask is None."""
+        lm = self._array("loss_mask", loss_mask)
+        if lm is None:
+            return None
+        if tuple(lm.shape) != (T, B) or lm.dtype.kind not in "fiub":
+            raise ValueError(f"loss_mask: expected float weights of shape ({T}, {B}) to match "
+                             f"x, got {lm.dtype} array of shape {tuple(lm.shape)}")
+        w = self.backend.asarray(lm, dtype=self.dtype)
+        if not bool((self.backend.xp.isfinite(w) & (w >= 0)).all()):
+            raise ValueError("loss_mask: expected finite weights >= 0")
+        w = self.backend.xp.ascontiguousarray(w)
+        return w if keep is None else w * keep
+
     def _check_dropout(self, drop, T, B):
         drop = self._array("dropout", drop)
         if drop is None:
             return None
-        want = (T, B, self.hidden_size)
+        want = self._engine.dropout_shape(T, B)
         if tuple(drop.shape) != want or drop.dtype.kind != "f":
             raise ValueError(
                 f"dropout: expected float multipliers of shape {want} (0 for a dropped "
@@ -321,47 +369,59 @@ class RNN:
             raise ValueError("dropout: expected finite multipliers >= 0")
         return self.backend.xp.ascontiguousarray(d)
 
-    def loss_and_grads(self, x, y, h0=None, truncate=None, mask=None, dropout=None):
+    def loss_and_grads(self, x, y, h0=None, truncate=None, mask=None, loss_mask=None,
+                       dropout=None):
         """Summed loss, gradients and last state for one batch of sequences.
 
         x: token ids (T, B) or floats (T, B, I); y: ids (T, B) for softmax, floats
-        (T, B, O) otherwise; h0: initial state (B, H) or None for zeros (the gradient stops
-        at h0, so chunked truncated BPTT is one call per chunk); truncate: None for full
-        BPTT or k >= 0 (each output's error reaches its own step and at most k earlier
-        ones); mask: (T, B) 0/1, masked steps are skipped (no loss, no gradient, state
-        carried through unchanged); dropout: (T, B, H) multipliers applied to the states
-        the output layer sees (inverted dropout: 0 or 1/(1-p); the recurrence is
-        untouched), or None. Inputs may be NumPy arrays on either backend.
+        (T, B, O) otherwise; h0: initial state (:meth:`state_shape`: (B, H) for one
+        unidirectional layer, else (num_layers*D, B, H), index l*D + d; a reverse
+        direction's enters at the last step) or None for zeros (the gradient stops at h0,
+        so chunked truncated BPTT is one call per chunk); truncate: None for full BPTT or
+        k >= 0, unidirectional only (each output's loss with the states of all layers k+1
+        steps back held fixed); mask: (T, B) 0/1, masked steps are skipped in every layer
+        and direction (no loss, no gradient, state carried through unchanged);
+        loss_mask: (T, B) weights >= 0 on each step's loss (the step still runs);
+        dropout: multipliers, (T, B, H) for one unidirectional layer, else
+        (num_layers, T, B, D*H): layer l's output is multiplied before layer l+1 (or the
+        output layer) reads it (inverted dropout: 0 or 1/(1-p); every recurrence keeps
+        its undropped states), or None. Inputs may be NumPy arrays on either backend.
 
         Returns (loss: float, grads: dict of backend arrays keyed like `params`,
-        h_last: (B, H) backend array). The gradient arrays are reused by the next call.
+        h_last: backend array of :meth:`state_shape`; a reverse direction's is its state
+        after step 0). The gradient arrays are reused by the next call.
         """
         truncate = self._check_truncate(truncate)
         xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
+        weight = self._check_loss_mask(loss_mask, keep, *xb.shape[:2])
         drop = self._check_dropout(dropout, *xb.shape[:2])
-        return self._engine.loss_and_grads(self.params, xb, yb, h0b, keep, truncate, drop)
+        return self._engine.loss_and_grads(self.params, xb, yb, h0b, keep, truncate, drop,
+                                           weight)
 
-    def loss(self, x, y, h0=None, mask=None) -> tuple[float, Any]:
-        """Forward only: (summed loss, last state (B, H))."""
+    def loss(self, x, y, h0=None, mask=None, loss_mask=None, dropout=None) -> tuple[float, Any]:
+        """Forward only: (summed loss, last state (:meth:`state_shape`))."""
         xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
-        return self._engine.loss(self.params, xb, yb, h0b, keep)
+        weight = self._check_loss_mask(loss_mask, keep, *xb.shape[:2])
+        drop = self._check_dropout(dropout, *xb.shape[:2])
+        return self._engine.loss(self.params, xb, yb, h0b, keep, drop, weight)
 
     def forward(self, x, h0=None, mask=None) -> tuple[Any, Any]:
-        """Logits (T, B, O) before the output nonlinearity, and the last state (B, H).
-        For output="adaptive" they are the full log-probabilities (as logits of a softmax
-        they give the same distribution), so sampling and evaluation are exact."""
+        """Logits (T, B, O) before the output nonlinearity, and the last state
+        (:meth:`state_shape`). For output="adaptive" they are the full log-probabilities
+        (as logits of a softmax they give the same distribution), so sampling and
+        evaluation are exact."""
         xb, _, h0b, keep = self._prepare(x, None, h0, mask, need_y=False)
         return self._engine.forward(self.params, xb, h0b, keep)
 
-    def log_prob(self, x, h0=None):
+    def log_prob(self, x, h0=None, mask=None):
         """Full log-probabilities (T, B, O) of the class at every step, a backend array,
-        for output="softmax" or "adaptive". x: ids (T, B) or floats (T, B, I); h0: (B, H)
-        or None for zeros."""
+        for output="softmax" or "adaptive". x: ids (T, B) or floats (T, B, I); h0: as
+        :meth:`state_shape`, or None for zeros."""
         if self.output not in _ID_TARGETS:
             raise ValueError(f"output: log_prob needs output='softmax' or 'adaptive' (a "
                              f"distribution over classes), this model has {self.output!r}")
-        xb, _, h0b, _ = self._prepare(x, None, h0, None, need_y=False)
-        return self._engine.log_prob(self.params, xb, h0b, None)[0]
+        xb, _, h0b, keep = self._prepare(x, None, h0, mask, need_y=False)
+        return self._engine.log_prob(self.params, xb, h0b, keep)[0]
 
     def step(self, x_t, h=None) -> tuple[Any, Any]:
         """One time step, for sampling: x_t ids (B,) or floats (B, I) -> (logits (B, O), h)."""
@@ -371,26 +431,30 @@ class RNN:
         logits, h_new = self.forward(x_t[None], h0=h)
         return logits[0], h_new
 
-    def reference_loss_and_grads(self, x, y, h0=None, truncate=None, mask=None, dropout=None):
+    def reference_loss_and_grads(self, x, y, h0=None, truncate=None, mask=None,
+                                 loss_mask=None, dropout=None):
         """The clear float64 reference (rnn_gpu.reference) on this model's parameters.
 
         Returns (loss, grads as float64 NumPy arrays, h_last as a NumPy array).
         """
         truncate = self._check_truncate(truncate)
         xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
+        self._check_loss_mask(loss_mask, keep, *xb.shape[:2])
         drop = self._check_dropout(dropout, *xb.shape[:2])
         return reference.loss_and_grads(
             {k: to_numpy(v) for k, v in self.params.items()}, to_numpy(xb), to_numpy(yb),
             h0=None if h0b is None else to_numpy(h0b), truncate=truncate,
             mask=None if keep is None else to_numpy(keep),
             hidden_activation=self.hidden_activation, output=self.output,
-            drop=None if drop is None else to_numpy(drop))
+            drop=None if drop is None else to_numpy(drop),
+            loss_mask=None if loss_mask is None else np.asarray(to_numpy(loss_mask), np.float64))
 
     def loss_and_grads_trusted(self, x, y, h0=None, truncate=None, dropout=None):
         """:meth:`loss_and_grads` for inputs the caller has validated already (the
         trainer: token ids checked once when the corpus was loaded, a state it got from
         this model), so that a step on a GPU reads nothing back but its loss. x, y: token
-        ids (T, B); h0: (B, H) or None; dropout: (T, B, H) multipliers or None."""
+        ids (T, B); h0: :meth:`state_shape` or None; dropout: :meth:`dropout_shape`
+        multipliers or None."""
         be = self.backend
         xb = be.xp.ascontiguousarray(be.asarray(x))
         yb = be.xp.ascontiguousarray(be.asarray(y))

@@ -41,7 +41,8 @@ class GraphedStep:
     engine: a CuPy-backend :class:`rnn_gpu.engine.Engine`; T, B: sequence length and batch;
     dense: float inputs (T, B, I) instead of token ids (T, B); truncate: None or k >= 0 as
     in ``loss_and_grads``; masked: whether calls pass a keep mask (T, B); dropout: whether
-    calls pass output-dropout multipliers (T, B, H).
+    calls pass dropout multipliers (the engine's ``dropout_shape``: (T, B, H) for one
+    layer). Stacks and both directions are captured as they run eagerly.
     """
 
     def __init__(self, engine, T: int, B: int, dense: bool, truncate: int | None,
@@ -64,9 +65,9 @@ class GraphedStep:
                   else cp.zeros((T, B), dtype=cp.int32))
         self.y = (cp.zeros((T, B), dtype=cp.int32) if engine.output in ("softmax", "adaptive")
                   else cp.zeros((T, B, O), dtype=dt))
-        self.h0 = cp.zeros((B, H), dtype=dt)
+        self.h0 = cp.zeros(engine.state_shape(B), dtype=dt)
         self.keep = cp.ones((T, B), dtype=dt) if masked else None
-        self.drop = cp.ones((T, B, H), dtype=dt) if dropout else None
+        self.drop = cp.ones(engine.dropout_shape(T, B), dtype=dt) if dropout else None
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.graph = None
         self._param_ptrs: tuple | None = None
@@ -121,7 +122,7 @@ class GraphedStep:
                              self.truncate, self.drop)
 
     def _result(self) -> tuple[float, dict, Any]:
-        h_last = self.ws.S[self.T].copy()  # before the sync below, so it is complete too
+        h_last = self.engine.h_last(self.ws, self.T)  # before the sync below: complete too
         loss = self.engine.summed_loss(self.ws)  # syncs self.stream
         return loss, self.engine.grads, h_last
 

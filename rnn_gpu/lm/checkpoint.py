@@ -1,14 +1,19 @@
 """Checkpoints: one ``.npz`` file holding everything needed to sample or resume.
 
-Layout (format version 1) -- every entry is a plain array, loadable with
-``numpy.load(path, allow_pickle=False)``:
+Layout (format versions 1 and 2) -- every entry is a plain array, loadable with
+``numpy.load(path, allow_pickle=False)``. Version 2 is the same layout for the models an
+rnn-gpu that reads version 1 only would build wrongly (stacked or bidirectional layers,
+the adaptive softmax: their ``model`` record has keys it ignores); a one-layer softmax
+model is written as version 1, exactly as before:
 
 =====================  ===================================================================
 ``meta``               uint8: UTF-8 JSON with ``format``, ``format_version``, the rnn-gpu
                        version, ``model`` (the RNN's constructor arguments), ``vocab``,
                        ``train_config``, ``train_state`` (step, epoch, data position, RNG
                        state, history), ``optimizer`` and ``schedule`` (their scalars)
-``param/<name>``       the parameters U (H, I), W (H, H), V (O, H), b (H,), c (O,)
+``param/<name>``       the parameters: U (H, I), W (H, H), V (O, H), b (H,), c (O,), and
+                       those of further layers, directions and the adaptive head
+                       (``RNN.config_param_shapes``)
 ``optim/<slot>/<p>``   optimizer state, e.g. ``optim/exp_avg/W``
 ``state/<name>``       other training state, e.g. ``state/hidden`` (B, H), the hidden state
                        carried into the next chunk
@@ -43,7 +48,18 @@ from ..reference import ACTIVATIONS
 from .data import Vocab
 
 FORMAT = "rnn-gpu checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest written; every version in READABLE loads
+READABLE = (1, 2)
+
+
+def format_version(model_config: dict) -> int:
+    """The format version a model of `model_config` is written with: 1 for the one-layer
+    unidirectional model with a dense output layer (today's, readable by every rnn-gpu), 2
+    for a model an older reader would build wrongly."""
+    plain = (int(model_config.get("num_layers", 1)) == 1
+             and not model_config.get("bidirectional", False)
+             and model_config.get("output", "softmax") != "adaptive")
+    return 1 if plain else 2
 
 
 def _model_config(model) -> dict:
@@ -172,7 +188,7 @@ def save_checkpoint(
 
     meta: dict[str, Any] = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version(model.config),
         "rnn_gpu_version": __version__,
         "model": _model_config(model),
         "vocab": vocab.to_json() if vocab is not None else None,
@@ -262,10 +278,11 @@ def load_checkpoint(path: str | Path, backend="auto", *, with_model: bool = True
         raise CheckpointError(f"{path} is not an rnn-gpu checkpoint (format {meta.get('format')!r})"
                               if isinstance(meta, dict) else f"{path} is not an rnn-gpu checkpoint")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE:
         raise CheckpointError(
             f"checkpoint {path} has format version {version}, but this rnn-gpu "
-            f"({meta.get('rnn_gpu_version', '?')} wrote it) reads version {FORMAT_VERSION} only"
+            f"({meta.get('rnn_gpu_version', '?')} wrote it) reads versions "
+            f"{', '.join(map(str, READABLE))} only"
         )
     cfg = meta.get("model")
     if not isinstance(cfg, dict) or any(

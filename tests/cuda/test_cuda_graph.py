@@ -148,3 +148,23 @@ def test_capture_through_cupys_cublas_binding_fails_with_the_reason():
         with pytest.raises(RuntimeError, match="refuses every call during stream capture"):
             step(m.params, xb, yb, h0b)
         assert step.graph is None and not be.xp.cuda.get_current_stream().is_capturing()
+
+
+@pytest.mark.parametrize("layers,bi,out", [(2, False, "softmax"), (2, True, "softmax"),
+                                           (3, False, "sigmoid")])
+def test_stacks_capture_and_replay(device, layers, bi, out):
+    """Stacked and bidirectional models, dropout between layers, captured as one step."""
+    m = randomize(cuda_model(device, *SIZES, dtype="float64", num_layers=layers,
+                             bidirectional=bi, output=out), scale=0.4)
+    step = m.captured_step(T, B, masked=True, dropout=True)
+    rng = np.random.default_rng(4)
+    for seed in (0, 1):
+        x, y, _, mask = make_problem(out, False, True, False, T=T, B=B, seed=seed, sizes=SIZES)
+        h0 = rng.uniform(-0.5, 0.5, m.state_shape(B))
+        d = (rng.random(m.dropout_shape(T, B)) > 0.3) / 0.7
+        want = _snapshot(m.loss_and_grads(x, y, h0=h0, mask=mask, dropout=d))
+        xb, yb, h0b, keep = m._prepare(x, y, h0, mask)
+        _poison(m, step)
+        got = _snapshot(step(m.params, xb, yb, h0b, keep, m.backend.asarray(d, m.dtype)))
+        _assert_same(got, want, f"{layers} layers, bidirectional={bi}")
+    assert step.capture_allocations == 0 and step.replays == 2

@@ -51,8 +51,29 @@ def test_file_is_a_plain_npz_without_pickles(tmp_path):
     path = save_checkpoint(tmp_path / "m.npz", m, vocab=vocab)
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(z["meta"].tobytes())
-        assert meta["format_version"] == ckpt.FORMAT_VERSION
+        assert meta["format_version"] == 1 == ckpt.format_version(m.config)  # as ever
         assert z["param/W"].shape == (6, 6)
+
+
+@pytest.mark.parametrize("kw", [{"num_layers": 2}, {"bidirectional": True},
+                                {"num_layers": 2, "bidirectional": True},
+                                {"output": "adaptive", "cutoffs": (3,)}])
+def test_stacks_and_heads_are_format_2_and_round_trip(tmp_path, kw):
+    """Models a version-1 reader would build wrongly are written as version 2, with every
+    parameter, and load back as they were."""
+    import rnn_gpu
+
+    vocab = Vocab.build(["abcdefgh"])
+    m = rnn_gpu.RNN(len(vocab), 5, len(vocab), backend="numpy", seed=2, **kw)
+    path = save_checkpoint(tmp_path / "s.npz", m, vocab=vocab)
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(z["meta"].tobytes())
+        assert meta["format_version"] == 2 and set(ckpt.READABLE) >= {1, 2}
+        assert {f"param/{k}" for k in m.params} <= set(z.files)
+    back = load_checkpoint(path, backend="numpy").model
+    assert back.config == m.config
+    for k, v in m.params.items():
+        np.testing.assert_array_equal(np.asarray(back.params[k]), np.asarray(v), err_msg=k)
 
 
 def test_atomic_write_survives_a_crash_mid_write(tmp_path, monkeypatch):

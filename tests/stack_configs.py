@@ -1,0 +1,54 @@
+"""A sample of the stack configurations for the engine and reference tests: every level of
+every factor appears, the full product (thousands of cases) is not run."""
+from __future__ import annotations
+
+import numpy as np
+
+from rnn_gpu import reference
+
+FACTORS = {
+    "num_layers": (1, 2, 3),
+    "bidirectional": (False, True),
+    "act": reference.ACTIVATIONS,
+    "out": reference.OUTPUTS,
+    "trunc": (None, 0, 1, 3),
+    "dense": (False, True),
+    "masked": (False, True),
+    "loss_mask": (False, True),
+    "with_h0": (False, True),
+    "dropout": (False, True),
+}
+
+
+def sample(n: int, seed: int) -> list[tuple]:
+    """n configurations: each factor's levels repeated to n and shuffled independently, so
+    each level appears about n / len(levels) times. A bidirectional case has no
+    truncation (truncation is defined for unidirectional models)."""
+    rng = np.random.default_rng(seed)
+    cols = []
+    for levels in FACTORS.values():
+        col = [levels[i % len(levels)] for i in range(n)]
+        rng.shuffle(col)
+        cols.append(col)
+    rows = []
+    for row in zip(*cols):
+        cfg = dict(zip(FACTORS, row))
+        if cfg["bidirectional"]:
+            cfg["trunc"] = None
+        rows.append(tuple(cfg.values()))
+    return rows
+
+
+def make_extras(model, T: int, B: int, loss_mask: bool, with_h0: bool, dropout: bool,
+                seed: int = 4):
+    """h0, loss weights and dropout multipliers of this model's layouts (or None)."""
+    rng = np.random.default_rng(seed)
+    h0 = rng.uniform(-0.5, 0.5, model.state_shape(B)) if with_h0 else None
+    lm = None
+    if loss_mask:
+        lm = rng.uniform(0.0, 2.0, (T, B))
+        lm[rng.random((T, B)) < 0.3] = 0.0  # some steps run without a loss
+    drop = None
+    if dropout:
+        drop = (rng.random(model.dropout_shape(T, B)) >= 0.3) / 0.7
+    return h0, lm, drop
