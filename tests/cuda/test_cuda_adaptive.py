@@ -169,3 +169,27 @@ def test_counted_rows_cannot_be_captured(device, monkeypatch):
     x, y, h0, _ = make_problem("softmax", False, False, True, T=4, B=3, sizes=SIZES)
     with pytest.raises(Exception, match="(?i)captur"):
         step(m.params, *m._prepare(x, y, h0, None))
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-4)])
+@pytest.mark.parametrize("case", range(3))
+def test_cuda_adaptive_on_stacks_matches_reference(device, dtype, tol, case):
+    """Stacked and bidirectional features into the head, with masks, loss weights, h0
+    and dropout, on the CUDA launchers."""
+    from ..core.test_adaptive_stack import CASES
+    from ..core.test_adaptive_stack import SIZES as STACK_SIZES
+    from ..stack_configs import make_extras
+
+    layers, bi, cutoffs, trunc, dense = CASES[case]
+    m = randomize(cuda_model(device, *STACK_SIZES, num_layers=layers, bidirectional=bi,
+                             output="adaptive", cutoffs=cutoffs, div_value=2.0, dtype=dtype,
+                             seed=1), scale=0.5)
+    x, y, _, mask = make_problem("softmax", dense, True, False, T=6, B=4, sizes=STACK_SIZES)
+    h0, lm, drop = make_extras(m, 6, 4, True, True, True)
+    kw = dict(h0=h0, truncate=trunc, mask=mask, loss_mask=lm, dropout=drop)
+    loss, grads, h = m.loss_and_grads(x, y, **kw)
+    rloss, rgrads, rh = m.reference_loss_and_grads(x, y, **kw)
+    assert loss == pytest.approx(rloss, rel=tol)
+    for k in rgrads:
+        assert rel_err(to_numpy(grads[k]), rgrads[k]) < tol, k
+    assert rel_err(to_numpy(h), rh) < tol
