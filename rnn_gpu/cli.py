@@ -67,6 +67,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input-lr-scale", type=float, metavar="X",
                    help="multiplier of U's learning rate (default 2*sqrt(H) with the embedding "
                         "init and adam/adagrad, else 1)")
+    g.add_argument("--layers", type=int, metavar="N",
+                   help=f"stacked Elman layers (default {d.layers})")
+    g.add_argument("--bidirectional", action="store_true",
+                   help="a reverse direction in every layer (refused: a language model "
+                        "cannot read the tokens it predicts; for the Python API)")
     g.add_argument("--output", choices=OUTPUT_LAYERS,
                    help="output layer: softmax (default), or adaptive, the exact adaptive "
                         "softmax of Grave et al. for large (word-level) vocabularies")
@@ -94,8 +99,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip", type=float,
                    help=f"clip the global gradient norm to this; 0 = off (default {d.clip})")
     g.add_argument("--dropout", type=float, metavar="P",
-                   help="dropout rate on the hidden states the output layer sees, in training "
-                   "(default 0)")
+                   help="dropout rate on each layer's output (between layers and before the "
+                   "output layer, not on the input), in training (default 0)")
     g.add_argument("--schedule", choices=SCHEDULES,
                    help="learning-rate schedule (default constant): plateau = divide by 4 when "
                    "validation does not improve; mikolov = restore on regression, halve "

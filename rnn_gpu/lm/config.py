@@ -31,7 +31,7 @@ INPUT_INITS = ("embedding", "uniform")
 RESUME_FIXED = (
     "level", "vocab_size", "valid_fraction", "hidden", "batch_size", "bptt", "activation",
     "dtype", "seed", "optimizer", "momentum", "schedule", "min_improvement", "input_init",
-    "input_lr_scale", "output", "cutoffs", "div_value",
+    "input_lr_scale", "output", "cutoffs", "div_value", "layers",
 )
 OUTPUT_LAYERS = ("softmax", "adaptive")  # the training application's output layers
 STOPS = ("epochs", "max_steps", "time_budget")
@@ -55,6 +55,8 @@ class TrainConfig:
     # model
     hidden: int = 128
     activation: str = "tanh"
+    layers: int = 1  # stacked Elman layers (PyTorch's num_layers)
+    bidirectional: bool = False  # refused for language modelling: it would read the future
     output: str = "softmax"  # or "adaptive": the exact adaptive softmax (word level)
     cutoffs: tuple[int, ...] | None = None  # adaptive: None = heads.default_cutoffs(vocab)
     div_value: float = 4.0  # adaptive: each tail cluster's projection is F / div_value^(i+1)
@@ -108,7 +110,7 @@ class TrainConfig:
         """The RNN's configuration (``RNN.from_config``) for a vocabulary of `vocab_size`."""
         cfg = {"input_size": vocab_size, "hidden_size": self.hidden, "output_size": vocab_size,
                "dtype": self.dtype, "hidden_activation": self.activation, "output": self.output,
-               "seed": self.seed}
+               "seed": self.seed, "num_layers": self.layers, "bidirectional": False}
         if self.output == "adaptive":
             from ..heads import check_adaptive, default_cutoffs  # noqa: PLC0415
 
@@ -130,7 +132,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """UsageError naming the first option with a value that cannot work."""
-        for n in ("hidden", "batch_size", "bptt", "vocab_size"):
+        for n in ("hidden", "batch_size", "bptt", "vocab_size", "layers"):
             positive_int(flag(n), getattr(self, n))
         for n in ("epochs", "max_steps", "eval_every"):
             if getattr(self, n) is not None:
@@ -157,6 +159,9 @@ class TrainConfig:
         if self.input_lr_scale is not None:
             positive_number("--input-lr-scale", self.input_lr_scale)
         one_of("--input-init", self.input_init, INPUT_INITS)
+        if self.bidirectional:
+            raise UsageError("--bidirectional: a language model cannot have a reverse "
+                             "direction, which would read the tokens it is to predict")
         one_of("--output", self.output, OUTPUT_LAYERS)
         if self.output != "adaptive" and self.cutoffs is not None:
             raise UsageError("--cutoffs applies to --output adaptive only")

@@ -68,7 +68,9 @@ class Report:
         resumed = f" (resuming at step {step}, epoch {epoch})" if step else ""
         self.line(f"corpus: {corpus_summary(corpus)}")
         self.line(
-            f"model: RNN {v} -> {cfg.hidden} ({cfg.activation}) -> {v}, "
+            f"model: RNN {v} -> {cfg.hidden} ({cfg.activation})"
+            f"{f' x {cfg.layers} layers' if cfg.layers > 1 else ''} -> {v}"
+            f"{' (adaptive softmax)' if cfg.output == 'adaptive' else ''}, "
             f"{np.dtype(model.dtype).name}, backend {model.backend.name} ({model.backend.device})"
         )
         self.line(

@@ -74,7 +74,7 @@ def sample(
     else:
         start = "\n" if vocab.level == "char" else EOS
         ids = [vocab.stoi.get(start, 0)]
-    h = xp.zeros((1, model.config["hidden_size"]), dtype=model.dtype)
+    h = xp.zeros(model.state_shape(1), dtype=model.dtype)
     logits = None
     for i in ids:
         logits, h = model.step(be.asarray(np.array([i], dtype=np.int32)), h)

@@ -102,7 +102,7 @@ def restore_run(ck: Checkpoint, *, model, config: TrainConfig, optimizer, schedu
         if config.lr is not None and config.lr != ck.train_config.get("lr"):
             optimizer.lr = schedule.lr = float(config.lr)  # explicit change
         h = ck.state.get("hidden")
-        if h is not None and h.shape != (config.batch_size, config.hidden):
+        if h is not None and h.shape != model.state_shape(config.batch_size):
             raise CheckpointError(f"checkpoint {ck.path}: hidden state has shape {h.shape}")
         return RunState.from_checkpoint(ck.train_state, ck.state, model=model)
     except (KeyError, TypeError, ValueError) as e:

@@ -237,7 +237,7 @@ class Trainer:
         """(T, B, H) inverted-dropout multipliers, 0 or 1/(1-p), from the run's random
         stream (saved in checkpoints, so a resumed run draws the same ones)."""
         p, dt = self.config.dropout, self.model.dtype
-        keep = self.state.rng.random((*shape, self.config.hidden), dtype=np.float32) >= p
+        keep = self.state.rng.random(self.model.dropout_shape(*shape), dtype=np.float32) >= p
         return np.multiply(keep, dt.type(1.0 / (1.0 - p)), dtype=dt)  # one pass
 
     def _diverged(self, what: str) -> None:
