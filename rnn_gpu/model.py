@@ -14,7 +14,7 @@ a reverse direction runs from step T-1 down to 0.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -41,6 +41,48 @@ def _check_choice(name: str, v, choices) -> str:
     if not isinstance(v, str) or v not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(choices)}, got {v!r}")
     return v
+
+
+class _Checks:
+    """The value checks of one call. A host (NumPy) array is checked at once, before it
+    is uploaded; a device array's checks are gathered and read back together by
+    :meth:`flush`: one device-to-host read for the whole call."""
+
+    def __init__(self, xp, on_device: Callable[[Any], bool]):
+        self.xp, self.on_device = xp, on_device
+        self._conds: list = []  # device booleans, read at flush
+        self._messages: list = []  # (index, message, array) for each requirement
+        self._read = None
+
+    def _add(self, a, cond):
+        if self.on_device(a):
+            self._conds.append(cond(self.xp, a))
+            return len(self._conds) - 1, None
+        return None, bool(cond(np, np.asarray(a)))
+
+    def require(self, a, cond, message) -> None:
+        """cond(module, a) must hold: a ValueError with `message` (a string, or a function
+        of the array) otherwise."""
+        i, ok = self._add(a, cond)
+        if i is None:
+            if not ok:
+                raise ValueError(message(np.asarray(a)) if callable(message) else message)
+        else:
+            self._messages.append((i, message, a))
+
+    def flag(self, a, cond) -> Callable[[], bool]:
+        """cond(module, a), to be read after :meth:`flush` (a function returning it)."""
+        i, value = self._add(a, cond)
+        return (lambda: value) if i is None else (lambda: bool(self._read[i]))
+
+    def flush(self) -> None:
+        if not self._conds:
+            return
+        flags = self.xp.stack([self.xp.asarray(c, dtype=bool).reshape(()) for c in self._conds])
+        self._read = flags.get() if hasattr(flags, "get") else np.asarray(flags)  # one read
+        for i, message, a in self._messages:
+            if not self._read[i]:
+                raise ValueError(message(a) if callable(message) else message)
 
 
 class RNN:
@@ -228,7 +270,13 @@ class RNN:
             a = np.asarray(a)
         return a
 
-    def _check_x(self, x):
+    def _on_device(self, a) -> bool:
+        return self.backend.is_gpu and isinstance(a, self.backend.xp.ndarray)
+
+    def _values(self) -> _Checks:
+        return _Checks(self.backend.xp, self._on_device)
+
+    def _check_x(self, x, checks: _Checks):
         x = self._array("x", x)
         if x is None:
             raise ValueError("x: expected token ids (T, B) or floats (T, B, I), got None")
@@ -237,10 +285,10 @@ class RNN:
                 raise ValueError(f"x: expected integer token ids of shape (T, B), got dtype {x.dtype}")
             if x.shape[0] == 0 or x.shape[1] == 0:
                 raise ValueError(f"x: expected T >= 1 and B >= 1, got shape {tuple(x.shape)}")
-            lo, hi = int(x.min()), int(x.max())
-            if lo < 0 or hi >= self.input_size:
-                raise ValueError(
-                    f"x: expected token ids in [0, {self.input_size}), got values in [{lo}, {hi}]")
+            n = self.input_size
+            checks.require(x, lambda m, a: (a.min() >= 0) & (a.max() < n),
+                           lambda a: f"x: expected token ids in [0, {n}), got values in "
+                                     f"[{int(a.min())}, {int(a.max())}]")
         elif x.ndim == 3:
             if x.dtype.kind != "f":
                 raise ValueError(f"x: expected float inputs of shape (T, B, I), got dtype {x.dtype}")
@@ -249,15 +297,15 @@ class RNN:
             if x.shape[2] != self.input_size:
                 raise ValueError(
                     f"x: expected shape (T, B, {self.input_size}), got {tuple(x.shape)}")
-            if not bool(self.backend.xp.isfinite(self.backend.asarray(x)).all()):
-                raise ValueError("x: expected finite values, got NaN or inf")
+            checks.require(x, lambda m, a: m.isfinite(a).all(),
+                           "x: expected finite values, got NaN or inf")
         else:
             raise ValueError(
                 f"x: expected token ids (T, B) or floats (T, B, {self.input_size}), "
                 f"got an array of rank {x.ndim} with shape {tuple(x.shape)}")
         return x
 
-    def _check_y(self, y, T, B):
+    def _check_y(self, y, T, B, checks: _Checks):
         y = self._array("y", y)
         if y is None:
             raise ValueError("y: expected targets, got None")
@@ -268,10 +316,10 @@ class RNN:
                     f"got {y.dtype} array of shape {tuple(y.shape)}")
             if tuple(y.shape) != (T, B):
                 raise ValueError(f"y: expected shape ({T}, {B}) to match x, got {tuple(y.shape)}")
-            lo, hi = int(y.min()), int(y.max())
-            if lo < 0 or hi >= self.output_size:
-                raise ValueError(
-                    f"y: expected class ids in [0, {self.output_size}), got values in [{lo}, {hi}]")
+            n = self.output_size
+            checks.require(y, lambda m, a: (a.min() >= 0) & (a.max() < n),
+                           lambda a: f"y: expected class ids in [0, {n}), got values in "
+                                     f"[{int(a.min())}, {int(a.max())}]")
         else:
             want = (T, B, self.output_size)
             if y.ndim != 3 or y.dtype.kind not in "fiub":
@@ -279,14 +327,14 @@ class RNN:
                                  f"of shape {tuple(y.shape)}")
             if tuple(y.shape) != want:
                 raise ValueError(f"y: expected shape {want}, got {tuple(y.shape)}")
-            yb = self.backend.asarray(y, dtype=self.dtype)
-            if not bool(self.backend.xp.isfinite(yb).all()):
-                raise ValueError("y: expected finite values, got NaN or inf")
-            if self.output == "sigmoid" and not bool(((yb >= 0) & (yb <= 1)).all()):
-                raise ValueError("y: expected targets in [0, 1] for output='sigmoid'")
+            checks.require(y, lambda m, a: m.isfinite(a).all(),
+                           "y: expected finite values, got NaN or inf")
+            if self.output == "sigmoid":
+                checks.require(y, lambda m, a: ((a >= 0) & (a <= 1)).all(),
+                               "y: expected targets in [0, 1] for output='sigmoid'")
         return y
 
-    def _check_h0(self, h0, B):
+    def _check_h0(self, h0, B, checks: _Checks):
         h0 = self._array("h0", h0)
         if h0 is None:
             return None
@@ -294,21 +342,20 @@ class RNN:
         if tuple(h0.shape) != want or h0.dtype.kind != "f":
             raise ValueError(f"h0: expected floats of shape {want}, got {h0.dtype} array "
                              f"of shape {tuple(h0.shape)}")
-        h0 = self.backend.asarray(h0, dtype=self.dtype)
-        if not bool(self.backend.xp.isfinite(h0).all()):
-            raise ValueError("h0: expected finite values, got NaN or inf")
+        checks.require(h0, lambda m, a: m.isfinite(a).all(),
+                       "h0: expected finite values, got NaN or inf")
         return h0
 
-    def _check_mask(self, mask, T, B):
+    def _check_mask(self, mask, T, B, checks: _Checks):
+        """The mask and, to be read after the checks, whether it is all ones."""
         mask = self._array("mask", mask)
         if mask is None:
-            return None
+            return None, None
         if tuple(mask.shape) != (T, B):
             raise ValueError(f"mask: expected shape ({T}, {B}) to match x, got {tuple(mask.shape)}")
-        keep = self.backend.asarray(mask, dtype=self.dtype)
-        if not bool(((keep == 0) | (keep == 1)).all()):
-            raise ValueError("mask: expected 0/1 (or boolean) values, got other values")
-        return keep
+        checks.require(mask, lambda m, a: ((a == 0) | (a == 1)).all(),
+                       "mask: expected 0/1 (or boolean) values, got other values")
+        return mask, checks.flag(mask, lambda m, a: (a == 1).all())
 
     def _check_truncate(self, truncate):
         if truncate is None:
@@ -321,11 +368,23 @@ class RNN:
         return int(truncate)
 
     def _prepare(self, x, y, h0, mask, need_y=True):
-        x = self._check_x(x)
+        """(x, y, h0, keep) of :meth:`_inputs`."""
+        return self._inputs(x, y, h0, mask, need_y)[:4]
+
+    def _inputs(self, x, y, h0, mask, need_y=True, loss_mask=None, dropout=None):
+        """The call's inputs checked (a ValueError naming the first bad one) and on this
+        backend: (x, y, h0, keep, loss weights, dropout). NumPy inputs are checked on the
+        host before they are uploaded; the value checks of device inputs are read back
+        together, one host read for the call."""
+        checks = self._values()
+        x = self._check_x(x, checks)
         T, B = x.shape[:2]
-        y = self._check_y(y, T, B) if need_y else None
-        h0 = self._check_h0(h0, B)
-        keep = self._check_mask(mask, T, B)
+        y = self._check_y(y, T, B, checks) if need_y else None
+        h0 = self._check_h0(h0, B, checks)
+        mask, all_ones = self._check_mask(mask, T, B, checks)
+        lm = self._check_loss_mask(loss_mask, T, B, checks)
+        drop = self._check_dropout(dropout, T, B, checks)
+        checks.flush()
         be = self.backend
         xb = be.asarray(x) if x.ndim == 2 else be.asarray(x, dtype=self.dtype)
         if xb.ndim == 3 or not xb.flags.c_contiguous:
@@ -335,27 +394,32 @@ class RNN:
                 y = be.xp.ascontiguousarray(be.asarray(y))
             else:
                 y = be.xp.ascontiguousarray(be.asarray(y, dtype=self.dtype))
-        if keep is not None and bool((keep == 1).all()):
-            keep = None  # an all-ones mask is no mask: take the faster path
-        return xb, y, h0, keep
+        h0 = None if h0 is None else be.asarray(h0, dtype=self.dtype)
+        keep = None
+        if mask is not None and not all_ones():  # an all-ones mask is no mask: faster path
+            keep = be.asarray(mask, dtype=self.dtype)
+        weight = None
+        if lm is not None:
+            w = be.xp.ascontiguousarray(be.asarray(lm, dtype=self.dtype))
+            weight = w if keep is None else w * keep
+        if drop is not None:
+            drop = be.xp.ascontiguousarray(be.asarray(drop, dtype=self.dtype))
+        return xb, y, h0, keep, weight, drop
 
     # ---------------------------------------------------------------------------------
 
-    def _check_loss_mask(self, loss_mask, keep, T, B):
-        """The loss weights mask * loss_mask (T, B), or None when loss_mask is None."""
+    def _check_loss_mask(self, loss_mask, T, B, checks: _Checks):
         lm = self._array("loss_mask", loss_mask)
         if lm is None:
             return None
         if tuple(lm.shape) != (T, B) or lm.dtype.kind not in "fiub":
             raise ValueError(f"loss_mask: expected float weights of shape ({T}, {B}) to match "
                              f"x, got {lm.dtype} array of shape {tuple(lm.shape)}")
-        w = self.backend.asarray(lm, dtype=self.dtype)
-        if not bool((self.backend.xp.isfinite(w) & (w >= 0)).all()):
-            raise ValueError("loss_mask: expected finite weights >= 0")
-        w = self.backend.xp.ascontiguousarray(w)
-        return w if keep is None else w * keep
+        checks.require(lm, lambda m, a: (m.isfinite(a) & (a >= 0)).all(),
+                       "loss_mask: expected finite weights >= 0")
+        return lm
 
-    def _check_dropout(self, drop, T, B):
+    def _check_dropout(self, drop, T, B, checks: _Checks):
         drop = self._array("dropout", drop)
         if drop is None:
             return None
@@ -364,10 +428,9 @@ class RNN:
             raise ValueError(
                 f"dropout: expected float multipliers of shape {want} (0 for a dropped "
                 f"unit, 1/(1-p) for a kept one), got {drop.dtype} array of shape {tuple(drop.shape)}")
-        d = self.backend.asarray(drop, dtype=self.dtype)
-        if not bool((self.backend.xp.isfinite(d) & (d >= 0)).all()):
-            raise ValueError("dropout: expected finite multipliers >= 0")
-        return self.backend.xp.ascontiguousarray(d)
+        checks.require(drop, lambda m, a: (m.isfinite(a) & (a >= 0)).all(),
+                       "dropout: expected finite multipliers >= 0")
+        return drop
 
     def loss_and_grads(self, x, y, h0=None, truncate=None, mask=None, loss_mask=None,
                        dropout=None):
@@ -392,17 +455,15 @@ class RNN:
         after step 0). The gradient arrays are reused by the next call.
         """
         truncate = self._check_truncate(truncate)
-        xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
-        weight = self._check_loss_mask(loss_mask, keep, *xb.shape[:2])
-        drop = self._check_dropout(dropout, *xb.shape[:2])
+        xb, yb, h0b, keep, weight, drop = self._inputs(x, y, h0, mask, True, loss_mask,
+                                                       dropout)
         return self._engine.loss_and_grads(self.params, xb, yb, h0b, keep, truncate, drop,
                                            weight)
 
     def loss(self, x, y, h0=None, mask=None, loss_mask=None, dropout=None) -> tuple[float, Any]:
         """Forward only: (summed loss, last state (:meth:`state_shape`))."""
-        xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
-        weight = self._check_loss_mask(loss_mask, keep, *xb.shape[:2])
-        drop = self._check_dropout(dropout, *xb.shape[:2])
+        xb, yb, h0b, keep, weight, drop = self._inputs(x, y, h0, mask, True, loss_mask,
+                                                       dropout)
         return self._engine.loss(self.params, xb, yb, h0b, keep, drop, weight)
 
     def forward(self, x, h0=None, mask=None) -> tuple[Any, Any]:
@@ -438,9 +499,7 @@ class RNN:
         Returns (loss, grads as float64 NumPy arrays, h_last as a NumPy array).
         """
         truncate = self._check_truncate(truncate)
-        xb, yb, h0b, keep = self._prepare(x, y, h0, mask)
-        self._check_loss_mask(loss_mask, keep, *xb.shape[:2])
-        drop = self._check_dropout(dropout, *xb.shape[:2])
+        xb, yb, h0b, keep, _, drop = self._inputs(x, y, h0, mask, True, loss_mask, dropout)
         return reference.loss_and_grads(
             {k: to_numpy(v) for k, v in self.params.items()}, to_numpy(xb), to_numpy(yb),
             h0=None if h0b is None else to_numpy(h0b), truncate=truncate,

@@ -81,7 +81,9 @@ class DeviceArray(np.ndarray):
             if func in (np.matmul, np.dot, np.tensordot, np.einsum):
                 raise NotImplementedError(streams.CUBLAS_CAPTURE_MESSAGE)
             streams.refuse(f"{func.__name__} (not emulated inside a capture)")
-        return super().__array_function__(func, types_, args, kwargs)
+        result = super().__array_function__(func, types_, args, kwargs)
+        # what CuPy returns is on the device too (cupy.stack gives a cupy.ndarray)
+        return tuple(_device(r) for r in result) if isinstance(result, tuple) else _device(result)
 
     def fill(self, value) -> None:
         streams.run("fill", lambda: np.ndarray.fill(self, value))
