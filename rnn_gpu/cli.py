@@ -203,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .dist import world  # noqa: PLC0415 - imports mpi4py only under mpiexec
+
+    comm = world()
+    if comm.size > 1:  # one of several MPI ranks: failures end every rank (rnn_gpu.dist.ranks)
+        from .dist.ranks import train_ranks  # noqa: PLC0415
+
+        return train_ranks(comm, lambda: _make_trainer(args), _run_trainer, _failure)
+    return _run_trainer(_make_trainer(args))
+
+
+def _make_trainer(args: argparse.Namespace):
     from .lm import DEFAULT_CHECKPOINT, TrainConfig, Trainer  # noqa: PLC0415
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -215,11 +226,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                          "holds every character of the text")
     if resume:
         path = opts.get("out", DEFAULT_CHECKPOINT) if resume is True else resume
-        trainer = Trainer.from_checkpoint(path, progress=progress, **opts)
-    else:
-        trainer = Trainer(TrainConfig(**opts), progress=progress)
+        return Trainer.from_checkpoint(path, progress=progress, **opts)
+    return Trainer(TrainConfig(**opts), progress=progress)
+
+
+def _run_trainer(trainer) -> int:
     result = trainer.fit()
     cfg = trainer.config
+    if not trainer.dist.is_root:
+        return 130 if result.stop_reason == "interrupted" else 0
     if result.stop_reason == "interrupted":
         term = trainer.stop_signal == getattr(signal, "SIGTERM", None)
         print(f"rnn-gpu: {'terminated' if term else 'interrupted'}; the run is saved in "
@@ -460,6 +475,15 @@ def _run_bench(argv: list[str]) -> int:
 def _one_line(e: BaseException) -> str:
     msg = " ".join(str(e).split("\n")).strip()
     return msg or type(e).__name__
+
+
+def _failure(e: BaseException) -> tuple[int, str]:
+    """(exit status, the line to print) for an exception, as :func:`main` reports it."""
+    if isinstance(e, RnnGpuError):
+        return e.exit_code, f"rnn-gpu: error: {_one_line(e)}"
+    if isinstance(e, KeyboardInterrupt):
+        return 130, "rnn-gpu: interrupted"
+    return 1, f"rnn-gpu: error: {_one_line(e)}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

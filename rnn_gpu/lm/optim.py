@@ -44,12 +44,20 @@ def clip_grad_norm(grads: dict, max_norm: float | None, xp=None) -> float:
     """
     xp = xp or _array_module(grads)
     norm = global_norm(grads, xp)
+    scale = clip_factor(norm, max_norm)
+    if scale is not None:
+        for g in grads.values():
+            g *= g.dtype.type(scale)
+    return norm
+
+
+def clip_factor(norm: float, max_norm: float | None) -> float | None:
+    """The factor :func:`clip_grad_norm` scales by at global norm `norm`; None: none."""
     if max_norm is not None and max_norm > 0 and math.isfinite(norm):
         scale = max_norm / (norm + 1e-6)
         if scale < 1.0:
-            for g in grads.values():
-                g *= g.dtype.type(scale)
-    return norm
+            return scale
+    return None
 
 
 def clip_grad_norm_on_device(grads: dict, max_norm: float | None, xp) -> None:
@@ -67,6 +75,18 @@ def clip_grad_norm_on_device(grads: dict, max_norm: float | None, xp) -> None:
     scale = xp.minimum(max_norm / (xp.sqrt(total) + 1e-6), 1.0)
     for g in grads.values():
         g *= scale.astype(g.dtype)
+
+
+def memory_order(a) -> str:
+    """"F" for an array laid out column-major (and not also row-major), else "C"."""
+    return "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+
+
+def flat_view(a):
+    """The contiguous array `a` as a 1-D view, elements in memory order."""
+    if not (a.flags.c_contiguous or a.flags.f_contiguous):
+        raise ValueError(f"expected a contiguous array, got strides {a.strides}")
+    return a.reshape(-1, order=memory_order(a))
 
 
 class Optimizer:
@@ -94,6 +114,20 @@ class Optimizer:
         self.t += 1
         for k, p in self.params.items():
             self._update(k, p, grads[k], self.lr * self.lr_scale.get(k, 1.0))
+
+    def step_pieces(self, pieces) -> None:
+        """One update of parts of the parameters, the same arithmetic as :meth:`step` on
+        those elements (data-parallel ranks each update their shard): `pieces` is
+        [(key, lo, hi, g)], g the gradient of ``params[key].ravel()[lo:hi]``."""
+        self.t += 1
+        full = self.state
+        try:
+            for k, lo, hi, g in pieces:
+                self.state = {s: {k: flat_view(d[k])[lo:hi]} for s, d in full.items()}
+                self._update(k, flat_view(self.params[k])[lo:hi], g,
+                             self.lr * self.lr_scale.get(k, 1.0))
+        finally:
+            self.state = full
 
     def _update(self, k: str, p, g, lr: float) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -35,12 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dist import DataParallel
 from ..errors import CheckpointError, DataError, TrainingDiverged
 from ..model import RNN
 from .checkpoint import Checkpoint, best_path, load_checkpoint
-from .config import TrainConfig, diverged_advice
+from .config import TrainConfig, diverged_advice, flag
 from .data import Corpus, batchify, get_chunk, load_corpus, n_chunks
-from .metrics import evaluate, perplexity
+from .metrics import perplexity
 from .optim import clip_grad_norm, clip_grad_norm_on_device, make_optimizer
 from .report import Report, plot_history
 from .sample import sample as sample_text
@@ -76,14 +77,21 @@ class Trainer:
     a probe file checks that ``config.out`` can be written. Data paths are stored resolved.
     `console` is a ``rich.console.Console`` for progress and logs (None: stdout);
     `progress` forces the live progress bar on or off (None: on at a terminal).
+    Under ``mpiexec`` (or with `comm`, a :class:`rnn_gpu.dist.Communicator`) the run is
+    data-parallel over the ranks (:mod:`rnn_gpu.dist`); rank 0 alone prints and writes.
     """
 
     def __init__(self, config: TrainConfig, *, console=None, progress: bool | None = None,
-                 _checkpoint: Checkpoint | None = None):
+                 comm=None, _checkpoint: Checkpoint | None = None):
         config.validate()
         self.config = cfg = config
         from rich.console import Console  # noqa: PLC0415
 
+        # data parallel: this rank's streams, device and share of the sums (a no-op alone)
+        self.dist = DataParallel(cfg.batch_size, cfg.backend if isinstance(cfg.backend, str)
+                                 else cfg.backend.name, comm, name=flag("batch_size"))
+        if not self.dist.is_root:
+            console, progress = self.dist.console(console), False
         self.console = console if console is not None else Console(highlight=False)
         self.report = Report(self.console, self.console.is_terminal if progress is None else progress)
         ck = _checkpoint
@@ -111,7 +119,7 @@ class Trainer:
         if len(self.corpus.valid) < 2:
             raise DataError("validation text is too small: it needs at least 2 tokens")
         self.vocab = self.corpus.vocab
-        self.train_data = batchify(self.corpus.train, cfg.batch_size)  # (rows, B)
+        self.train_data = self.dist.streams(batchify(self.corpus.train, cfg.batch_size))  # (rows, B/N)
         eval_b = max(1, min(cfg.batch_size, len(self.corpus.valid) // (cfg.bptt + 1)))
         self.valid_data = batchify(self.corpus.valid, eval_b)
         self.chunks_per_epoch = n_chunks(self.train_data.shape[0], cfg.bptt)
@@ -137,15 +145,17 @@ class Trainer:
             self.state = restore_run(ck, model=self.model, config=cfg, optimizer=self.optimizer,
                                      schedule=self.schedule)
             self.last_saved = str(ck.path)
+            self.state.hidden = self.dist.local_hidden(self.state.hidden)
             if self.state.chunk >= self.chunks_per_epoch:  # the data changed size: a new epoch
                 self.state.chunk, self.state.hidden = 0, None
         self.interrupted = False  # set by interrupt(): stop after the current step
         self.stop_signal: int | None = None  # the signal that interrupted fit(), if one did
-        cfg.check_output(resuming=ck is not None)
+        # output writable, no other run's checkpoint replaced: checked on rank 0, shared
+        self.dist.root_verdict(lambda: cfg.check_output(resuming=ck is not None))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, console=None, progress: bool | None = None,
-                        **overrides) -> Trainer:
+                        comm=None, **overrides) -> Trainer:
         """Resume the run saved in `path`. `overrides` may change how long and where it
         goes on (epochs, max_steps, time_budget, eval_every, out, plot, backend, lr, clip,
         ...) but not what fixes the model, the data layout or the optimizer
@@ -159,12 +169,21 @@ class Trainer:
         if not ck.train_config or not ck.train_state or ck.vocab is None:
             raise CheckpointError(f"checkpoint {path} holds a model only, not a training run to resume")
         config = TrainConfig.for_resume(ck.train_config, path, overrides)
-        return cls(config, console=console, progress=progress, _checkpoint=ck)
+        return cls(config, console=console, progress=progress, comm=comm, _checkpoint=ck)
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write a checkpoint of the current state (atomically) to `path` or config.out."""
+        """Write a checkpoint of the current state (atomically) to `path` or config.out.
+        Under MPI every rank calls it; rank 0 writes the states of all streams."""
+        state = self.state
+        if self.dist.active:  # the (B, H) states of all ranks' streams, on rank 0
+            self.dist.gather_optimizer(self.optimizer)
+            state = dataclasses.replace(state, hidden=self.dist.full_hidden(state.hidden,
+                                                                            self.model.backend))
+            if not self.dist.is_root:
+                self.last_saved = str(path or self.config.out)
+                return Path(self.last_saved)
         p = save_run(path or self.config.out, model=self.model, vocab=self.vocab,
-                     config=self.config, state=self.state, optimizer=self.optimizer,
+                     config=self.config, state=state, optimizer=self.optimizer,
                      schedule=self.schedule, corpus=self.corpus.source,
                      data_sha256=self.corpus.digest)
         self.last_saved = str(p)
@@ -185,7 +204,8 @@ class Trainer:
         """One optimizer step on the next chunk; returns (summed loss, tokens)."""
         cfg, st = self.config, self.state
         x, y = get_chunk(self.train_data, st.chunk * cfg.bptt, cfg.bptt)
-        drop = self._dropout_multipliers(x.shape) if cfg.dropout else None
+        drop = (self.dist.local_dropout(self._dropout_multipliers((x.shape[0], cfg.batch_size)))
+                if cfg.dropout else None)
         gpu = self.model.backend.is_gpu
         if gpu and cfg.cuda_graph:  # one captured step per shape, replayed
             loss, grads, h = self._captured(x.shape)(
@@ -199,6 +219,10 @@ class Trainer:
                                                        dropout=drop)
         ntok = int(x.size)
         loss = float(loss)  # the step's one host read
+        if self.dist.active:  # summed over ranks: gradients, loss, tokens; agreed interrupt
+            loss, ntok = self.dist.sum_step(grads, loss, ntok, self.interrupted,
+                                            time.perf_counter() - (st.started or time.perf_counter()),
+                                            self.model.backend)
         per_tok = loss / ntok
         limit = cfg.explode_threshold * math.log(max(len(self.vocab), 2))
         if not math.isfinite(per_tok) or per_tok > limit:
@@ -206,6 +230,20 @@ class Trainer:
                 f"exploded ({per_tok:.3g} nats/token > {cfg.explode_threshold:g} x log(vocab))")
             self._diverged(f"training loss {why} at step {st.step + 1}")
         inv = 1.0 / ntok
+        if self.dist.shards:  # data parallel on the host: each rank steps its shard
+            if not math.isfinite(self.dist.update(inv, cfg.clip or None, self.optimizer)):
+                self._diverged(f"gradient norm became non-finite at step {st.step + 1}")
+        else:
+            self._update(grads, inv, gpu)
+        st.hidden = h.copy()  # the engine reuses its output buffers
+        st.step += 1
+        st.chunk += 1
+        st.tokens += ntok
+        return loss, ntok
+
+    def _update(self, grads: dict, inv: float, gpu: bool) -> None:
+        """Scale `grads` by `inv` (to the mean token loss), clip, step the optimizer."""
+        cfg = self.config
         for g in grads.values():  # gradient of the mean token loss
             g *= g.dtype.type(inv)
         if gpu:  # no host read: a non-finite norm shows in the next step's loss
@@ -213,13 +251,8 @@ class Trainer:
         else:
             norm = clip_grad_norm(grads, cfg.clip or None, self.model.backend.xp)
             if not math.isfinite(norm):
-                self._diverged(f"gradient norm became non-finite at step {st.step + 1}")
+                self._diverged(f"gradient norm became non-finite at step {self.state.step + 1}")
         self.optimizer.step(grads)
-        st.hidden = h.copy()  # the engine reuses its output buffers
-        st.step += 1
-        st.chunk += 1
-        st.tokens += ntok
-        return loss, ntok
 
     def _captured(self, shape: tuple[int, int]):
         """The captured step for chunks of `shape` (T, B), made on first use."""
@@ -249,7 +282,7 @@ class Trainer:
 
     def evaluate(self) -> float:
         """Mean validation cross-entropy per token (nats)."""
-        return evaluate(self.model, self.valid_data, self.config.bptt)
+        return self.dist.evaluate(self.model, self.valid_data, self.config.bptt)
 
     def _scheduled_eval(self, val_loss: float) -> Decision:
         """Let the schedule act on `val_loss` (new rate, restored weights); its decision."""
@@ -269,6 +302,7 @@ class Trainer:
         st = self.state
         now = time.perf_counter() - start
         val = self.evaluate()
+        self.dist.check_in_step(self.model.params, st.step)
         d = self._scheduled_eval(val) if scheduled else None
         rec = {
             "step": st.step, "epoch": st.epoch, "tokens": st.tokens,
@@ -289,7 +323,7 @@ class Trainer:
 
     def _position(self, start: float) -> Position:
         st = self.state
-        return Position(st.step, st.epoch, st.chunk, time.perf_counter() - start)
+        return Position(st.step, st.epoch, st.chunk, self.dist.seconds(start))
 
     def fit(self) -> TrainResult:
         """Train until a stopping rule says stop; returns a :class:`TrainResult`."""
@@ -307,7 +341,7 @@ class Trainer:
         try:
             while True:
                 pos = self._position(start)
-                reason = "interrupted" if self.interrupted else stops.reason(pos)
+                reason = "interrupted" if self.dist.interrupted(self.interrupted) else stops.reason(pos)
                 if reason:
                     break
                 lr = self.schedule.rate_at(stops.fraction(pos))
@@ -351,7 +385,7 @@ class Trainer:
             if cfg.keep_best and self.best_checkpoint.exists() else "",
         )
         self.report.finished(result)
-        if cfg.plot:
+        if cfg.plot and self.dist.is_root:
             plot_history(st.history, cfg.plot)
             self.report.line(f"curves written to {cfg.plot}")
         return result

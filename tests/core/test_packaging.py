@@ -16,8 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_wheel_ships_every_cuda_source(tmp_path):
     pytest.importorskip("setuptools", reason="building a wheel needs setuptools")
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "results", ".pytest_cache"))
+    skip = shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "__pycache__", "results",
+                                  ".pytest_cache")
+    # the top-level dist/ holds built wheels; rnn_gpu/dist is a package
+    shutil.copytree(ROOT, src, ignore=lambda d, names: skip(d, names) | (
+        {"dist"} if Path(d) == ROOT and "dist" in names else set()))
     out = tmp_path / "dist"
     out.mkdir()
     code = f"from setuptools import build_meta as b; print(b.build_wheel({str(out)!r}))"
@@ -31,5 +34,6 @@ def test_wheel_ships_every_cuda_source(tmp_path):
         assert f"rnn_gpu/cuda_kernels/{name}" in names  # where backend.kernel_dir() looks first
     assert "rnn_gpu/kernels.py" in names
     assert "rnn_gpu/lm/trainer.py" in names  # the training application, a subpackage
+    assert "rnn_gpu/dist/comm.py" in names  # data-parallel training
     assert "rnn_gpu/ops/registry.py" in names and "rnn_gpu/cuda/launchers.py" in names
     assert "rnn_gpu/bench/__init__.py" in names and "rnn_gpu/bench/peers.py" in names
