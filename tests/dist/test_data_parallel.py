@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -32,8 +33,10 @@ def quiet():
 
 def config(tmp_path, name, **kw) -> TrainConfig:
     data = tmp_path / "corpus.txt"
-    if not data.exists():
-        data.write_text(make_text(200))
+    if not data.exists():  # thread ranks may get here at once: never show a half file
+        tmp = tmp_path / f"corpus.{threading.get_ident()}.tmp"
+        tmp.write_text(make_text(200))
+        os.replace(tmp, data)
     base = dict(data=str(data), hidden=16, batch_size=4, bptt=9, backend="numpy",
                 dtype="float64", out=str(tmp_path / name), lr=1e-2, sample_length=0,
                 max_steps=6, eval_every=3)
