@@ -37,6 +37,24 @@ def make_problem(output: str, dense: bool, masked: bool, with_h0: bool, T: int =
     return x, y, h0, mask
 
 
+def central_differences(f, p: dict, eps: float = 1e-6) -> dict:
+    """d f(p) / d p[name] for every entry of every array of `p`, by central differences
+    (each entry nudged in place and restored)."""
+    num = {}
+    for name, v in p.items():
+        n = np.zeros_like(v)
+        for i in np.ndindex(v.shape):
+            old = v[i]
+            v[i] = old + eps
+            lp = f(p)
+            v[i] = old - eps
+            lm = f(p)
+            v[i] = old
+            n[i] = (lp - lm) / (2 * eps)
+        num[name] = n
+    return num
+
+
 def randomize(model, seed: int = 1, scale: float = 0.6):
     """Give the model non-zero biases and larger weights (so every term is exercised)."""
     rng = np.random.default_rng(seed)

@@ -8,7 +8,7 @@ import pytest
 
 from rnn_gpu import reference
 
-from ..helpers import H, I, O, make_problem
+from ..helpers import H, I, O, central_differences, make_problem
 
 T = 6
 TRUNCATIONS = (None, 0, 1, 3, T)
@@ -25,16 +25,7 @@ def _params(seed=3):
 
 def _assert_matches_central_differences(f, p, grads, eps=1e-6):
     """Each gradient in `grads` against central differences of f(p), entry by entry."""
-    for name, v in p.items():
-        num = np.zeros_like(v)
-        for i in np.ndindex(v.shape):
-            old = v[i]
-            v[i] = old + eps
-            lp = f(p)
-            v[i] = old - eps
-            lm = f(p)
-            v[i] = old
-            num[i] = (lp - lm) / (2 * eps)
+    for name, num in central_differences(f, p, eps).items():
         scale = max(np.abs(num).max(), 1e-12)
         assert np.abs(grads[name] - num).max() / scale < 1e-6, name
 

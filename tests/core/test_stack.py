@@ -9,7 +9,7 @@ import pytest
 import rnn_gpu
 from rnn_gpu import reference
 
-from ..helpers import make_problem, randomize, rel_err
+from ..helpers import central_differences, make_problem, randomize, rel_err
 from ..stack_configs import make_extras, sample
 
 SIZES = (5, 7, 3)  # I, H, O: not multiples of anything
@@ -25,19 +25,7 @@ def _model(num_layers, bidirectional, dtype="float64", act="tanh", out="softmax"
 
 
 def _central_differences(f, p, eps=1e-6):
-    num = {}
-    for name, v in p.items():
-        n = np.zeros_like(v)
-        for i in np.ndindex(v.shape):
-            old = v[i]
-            v[i] = old + eps
-            lp = f(p)
-            v[i] = old - eps
-            lm = f(p)
-            v[i] = old
-            n[i] = (lp - lm) / (2 * eps)
-        num[name] = n
-    return num
+    return central_differences(f, p, eps)
 
 
 # -------------------------------------------------------------------------------------
