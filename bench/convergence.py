@@ -46,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--data", help="UTF-8 text, e.g. tinyshakespeare.txt (required unless --summary)")
     p.add_argument("--budget", type=float, default=300.0, help="wall-clock seconds per run (default 300)")
     p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=1, help="stacked layers, both sides (default 1)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bptt", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -77,7 +78,7 @@ def record(args, impl: str, **fields) -> dict:
         "bench": "convergence", "impl": impl, "data": Path(args.data).name,
         "budget_s": args.budget, "hidden": args.hidden, "batch_size": args.batch_size,
         "bptt": args.bptt, "lr": args.lr, "clip": args.clip, "schedule": args.schedule,
-        "dropout": args.dropout, "seed": args.seed,
+        "dropout": args.dropout, "seed": args.seed, "layers": args.layers,
         "threads": args.threads,
         **fields, "cpu": info.get("cpu"), "numpy": info.get("numpy"), "blas": info.get("blas"),
         "date": time.strftime("%Y-%m-%d"),
@@ -94,7 +95,7 @@ def run_rnn_gpu(args) -> dict:
             data=args.data, valid_fraction=args.valid_fraction, level="char", hidden=args.hidden,
             batch_size=args.batch_size, bptt=args.bptt, optimizer="adam", lr=args.lr,
             clip=args.clip, schedule=args.schedule, time_budget=args.budget, seed=args.seed,
-            dropout=args.dropout,
+            dropout=args.dropout, layers=args.layers,
             backend=args.backend,
             out=str(Path(tmp) / "ck.npz"), sample_length=0,
         )
@@ -129,7 +130,8 @@ def run_torch(args) -> dict:
         def __init__(self):
             super().__init__()
             self.emb = nn.Embedding(V, H)
-            self.rnn = nn.RNN(H, H, nonlinearity="tanh")
+            self.rnn = nn.RNN(H, H, num_layers=args.layers, nonlinearity="tanh",
+                              dropout=args.dropout if args.layers > 1 else 0.0)
             self.out = nn.Linear(H, V)
             self.drop = nn.Dropout(args.dropout)
 
@@ -143,7 +145,7 @@ def run_torch(args) -> dict:
 
     def evaluate() -> float:
         model.eval()
-        total, count, h = 0.0, 0, torch.zeros(1, eval_b, H)
+        total, count, h = 0.0, 0, torch.zeros(args.layers, eval_b, H)
         with torch.no_grad():
             for k in range(n_chunks(valid.shape[0], args.bptt)):
                 x, y = get_chunk(valid, k * args.bptt, args.bptt)
@@ -158,7 +160,7 @@ def run_torch(args) -> dict:
     steps = epochs = tokens = 0
     curve = []
     start = time.perf_counter()
-    h = torch.zeros(1, args.batch_size, H)
+    h = torch.zeros(args.layers, args.batch_size, H)
     k = 0
     schedule = make_schedule(args.schedule, args.lr)  # the rule rnn-gpu's Trainer follows
     saved = None  # mikolov: the weights of the previous evaluation
@@ -180,7 +182,7 @@ def run_torch(args) -> dict:
         k += 1
         if k >= per_epoch:
             k, epochs = 0, epochs + 1
-            h = torch.zeros(1, args.batch_size, H)
+            h = torch.zeros(args.layers, args.batch_size, H)
             vl = evaluate()
             curve.append((round(time.perf_counter() - start, 3), round(math.exp(vl), 3)))
             d = schedule.on_eval(vl)
