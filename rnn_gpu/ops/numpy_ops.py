@@ -84,14 +84,20 @@ def trunc_delta_step(G, s, keep, dz_all, dz_sum, act: str) -> None:
     dz_sum: (B, H) out: dz_all summed over streams (what step j contributes to dW, dU, db)
     With a mask, G is overwritten with G * (1 - keep) (the pass-through part).
     """
-    fp = dz_sum  # f'(s) goes in the output's storage until the sum overwrites it
+    # f'(s) goes in the output's storage until the sum overwrites it
+    _streams_times_fprime(G, s, keep, dz_all, dz_sum, act, fp=dz_sum)
+    if keep is not None:
+        G *= (1.0 - keep)[:, None]
+
+
+def _streams_times_fprime(g, s, keep, dz_all, dz_sum, act: str, fp) -> None:
+    """dz_all (L, B, H) = g f'(s) keep and dz_sum (B, H) its sum over the L streams;
+    fp (B, H) is scratch for f'(s) keep (it may be dz_sum: the sum comes last)."""
     _act_grad(s, act, fp)
     if keep is not None:
         fp *= keep[:, None]
-    np.multiply(G, fp, out=dz_all)
+    np.multiply(g, fp, out=dz_all)
     np.sum(dz_all, axis=0, out=dz_sum)
-    if keep is not None:
-        G *= (1.0 - keep)[:, None]
 
 
 def softmax_xent(logits, y, keep, loss) -> None:
@@ -356,12 +362,7 @@ def recur_trunc_backward(dz_prev, W, G, fresh: int, e, s, keep, dz_all, dz_sum,
     if keep is not None:
         g += G
     g[fresh] = e
-    fp = np.empty_like(s)
-    _act_grad(s, act, fp)
-    if keep is not None:
-        fp *= keep[:, None]
-    np.multiply(g, fp, out=dz_all)
-    np.sum(dz_all, axis=0, out=dz_sum)
+    _streams_times_fprime(g, s, keep, dz_all, dz_sum, act, fp=np.empty_like(s))
     if keep is not None:
         np.multiply(g, (1.0 - keep)[:, None], out=G)
 
