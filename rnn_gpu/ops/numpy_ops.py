@@ -368,6 +368,168 @@ def recur_trunc_backward(dz_prev, W, G, fresh: int, e, s, keep, dz_all, dz_sum,
 
 
 # -------------------------------------------------------------------------------------
+# Gated cells (kernels/rnn_gates.cu): one fused pointwise operation per step for all the
+# gates forward, one for all the gate derivatives backward. The recurrent product is the
+# caller's GEMM. Gate blocks are PyTorch's: GRU [r, z, n], LSTM [i, f, g, o], each H wide.
+
+
+def _sigmoid_(a) -> None:
+    """a <- 1 / (1 + e^-a) in place, as (1 + tanh(a/2)) / 2 (never overflows)."""
+    a *= 0.5
+    np.tanh(a, out=a)
+    a += 1.0
+    a *= 0.5
+
+
+def _pass_masked(new, old, keep) -> None:
+    if keep is not None:
+        np.copyto(new, old, where=(keep == 0)[:, None])
+
+
+def lstm_forward(gates, c_prev, c_next, h_prev, h_next, keep) -> None:
+    """One LSTM step after its GEMM (torch.nn.LSTM's equations).
+
+    gates:  (B, 4H) in: the pre-activations U x + b + W h_prev of [i, f, g, o];
+            out: the activations sigma(i), sigma(f), tanh(g), sigma(o)
+    c_prev, h_prev: (B, H) the step's input state; c_next, h_next: (B, H) out:
+            c' = f c + i g, h' = o tanh(c'); masked rows take c_prev and h_prev
+    """
+    H = c_prev.shape[1]
+    _sigmoid_(gates[:, :2 * H])
+    np.tanh(gates[:, 2 * H:3 * H], out=gates[:, 2 * H:3 * H])
+    _sigmoid_(gates[:, 3 * H:])
+    i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
+    np.multiply(f, c_prev, out=c_next)
+    np.multiply(i, g, out=h_next)  # h_next is scratch until its own value below
+    c_next += h_next
+    np.tanh(c_next, out=h_next)
+    h_next *= o
+    _pass_masked(c_next, c_prev, keep)
+    _pass_masked(h_next, h_prev, keep)
+
+
+def lstm_backward(G, DC, gates, c_prev, c_next, keep, e, fresh: int, dG_all) -> None:
+    """One LSTM step of BPTT for all L live error streams (L = 1: full BPTT).
+
+    G:      (L, B, H) in: dL/dh' of each stream (plus e in slot `fresh` when e is given);
+            out, with a mask: the part that passes through masked rows, dh' (1 - keep),
+            onto which the caller's GEMM adds dG @ W (without a mask G is left for the
+            GEMM to overwrite)
+    DC:     (L, B, H) in: dL/dc' of each stream; out: dL/dc, f dc_total (DC on masked rows)
+    gates:  (B, 4H) in: the step's activations [i, f, g, o]; out: dL/d(pre-activations)
+            summed over the streams (what the step adds to dU, dW and b)
+    c_prev, c_next: (B, H) the step's cell states; keep: (B,) or None
+    e:      (B, H) or None: the error from this step's output, added to stream `fresh`
+    dG_all: (L, B, 4H) out: each stream's dL/d(pre-activations), for the GEMM with W;
+            None when L = 1 (the GEMM then reads `gates`)
+
+    With tc = tanh(c'), dc_total = DC + dh' o (1 - tc^2):
+    do = dh' tc o (1 - o), di = dc_total g i (1 - i), dg = dc_total i (1 - g^2),
+    df = dc_total c f (1 - f).
+    """
+    L, B, H = G.shape
+    if e is not None:
+        G[fresh] += e
+    i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
+    tc = np.tanh(c_next)
+    a_c = o * (1.0 - tc * tc)  # dc_total = DC + dh' a_c
+    b_o = tc * o * (1.0 - o)  # do = dh' b_o
+    b_i = g * i * (1.0 - i)  # di = dc_total b_i
+    b_g = i * (1.0 - g * g)  # dg = dc_total b_g
+    b_f = c_prev * f * (1.0 - f)  # df = dc_total b_f
+    f = f.copy()  # gates is overwritten below
+    if keep is not None:
+        k = keep[:, None]
+        for coef in (b_o, b_i, b_g, b_f):
+            coef *= k
+    dct = DC + G * a_c  # (L, B, H)
+    out = gates.reshape(1, B, 4 * H) if dG_all is None else dG_all
+    for n, coef in ((0, b_i), (1, b_f), (2, b_g)):
+        np.multiply(dct, coef, out=out[:, :, n * H:(n + 1) * H])
+    np.multiply(G, b_o, out=out[:, :, 3 * H:])
+    if dG_all is not None:
+        np.sum(dG_all, axis=0, out=gates)
+    if keep is None:
+        np.multiply(dct, f, out=DC)
+    else:
+        k = keep[:, None]
+        dct *= f
+        np.copyto(DC, dct, where=(k != 0)[None])
+        G *= 1.0 - k
+
+
+def gru_forward(gates, A, bh, h_prev, h_next, hn, keep) -> None:
+    """One GRU step after its GEMM (torch.nn.GRU's equations).
+
+    gates:  (B, 3H) in: U x + b (bias_ih) of [r, z, n]; out: the activations r, z, n
+    A:      (B, 3H) in: h_prev W^T (the GEMM's product, without bh)
+    bh:     (3H,) bias_hh
+    hn:     (B, H) out: W_n h_prev + bh_n, kept for backward
+    h_next: (B, H) out: (1 - z) n + z h_prev with r = sigma(.. + W_r h + bh_r),
+            z = sigma(.. + W_z h + bh_z), n = tanh(U_n x + b_n + r (W_n h + bh_n));
+            masked rows take h_prev
+    """
+    H = h_prev.shape[1]
+    rz = gates[:, :2 * H]
+    rz += A[:, :2 * H]
+    rz += bh[:2 * H]
+    _sigmoid_(rz)
+    np.add(A[:, 2 * H:], bh[2 * H:], out=hn)
+    r, z, n = (gates[:, k * H:(k + 1) * H] for k in range(3))
+    np.multiply(r, hn, out=h_next)
+    n += h_next
+    np.tanh(n, out=n)
+    np.subtract(h_prev, n, out=h_next)  # h' = n + z (h - n)
+    h_next *= z
+    h_next += n
+    _pass_masked(h_next, h_prev, keep)
+
+
+def gru_backward(G, gates, hn, h_prev, keep, e, fresh: int, dGh_all, dGh_sum) -> None:
+    """One GRU step of BPTT for all L live error streams (L = 1: full BPTT).
+
+    G:       (L, B, H) in: dL/dh' of each stream (plus e in slot `fresh` when e is given);
+             out: the part that does not go through W, dh' z (dh' on masked rows), onto
+             which the caller's GEMM adds dGh @ W
+    gates:   (B, 3H) in: the step's activations [r, z, n]; out: dL/d(U x + b) summed over
+             the streams, [dr, dz, dn] at the pre-activations (for dU and db)
+    hn:      (B, H) W_n h + bh_n of the forward step; h_prev: (B, H); keep: (B,) or None
+    e:       (B, H) or None: the error from this step's output, added to stream `fresh`
+    dGh_all: (L, B, 3H) out: each stream's dL/d(W h + bh) = [dr, dz, r dn], for the GEMM
+             with W; None when L = 1 (the GEMM then reads dGh_sum)
+    dGh_sum: (B, 3H) out: dGh summed over the streams (for dW and bh)
+
+    dn = dh' (1 - z)(1 - n^2), dz = dh' (h - n) z (1 - z), dr = dn hn r (1 - r).
+    """
+    L, B, H = G.shape
+    if e is not None:
+        G[fresh] += e
+    r, z, n = (gates[:, k * H:(k + 1) * H] for k in range(3))
+    a_n = (1.0 - z) * (1.0 - n * n)  # dn = dh' a_n
+    a_z = (h_prev - n) * z * (1.0 - z)  # dz = dh' a_z
+    a_r = hn * r * (1.0 - r)  # dr = dn a_r
+    r = r.copy()
+    pass_h = z.copy()  # the part of dh' that reaches h directly
+    if keep is not None:
+        k = keep[:, None]
+        a_n *= k
+        a_z *= k
+        pass_h *= k
+        pass_h += 1.0 - k
+    dn = G * a_n  # (L, B, H)
+    dz = G * a_z
+    out = dGh_sum.reshape(1, B, 3 * H) if dGh_all is None else dGh_all
+    np.multiply(dn, a_r, out=out[:, :, :H])
+    out[:, :, H:2 * H] = dz
+    np.multiply(dn, r, out=out[:, :, 2 * H:])
+    if dGh_all is not None:
+        np.sum(dGh_all, axis=0, out=dGh_sum)
+    gates[:, :2 * H] = dGh_sum[:, :2 * H]
+    np.sum(dn, axis=0, out=gates[:, 2 * H:])
+    G *= pass_h
+
+
+# -------------------------------------------------------------------------------------
 # The kernel set
 
 
@@ -393,6 +555,10 @@ class NumpyOps:
     adaptive_gather = staticmethod(adaptive_gather)
     adaptive_scatter_add = staticmethod(adaptive_scatter_add)
     weighted_xent = staticmethod(weighted_xent)
+    lstm_forward = staticmethod(lstm_forward)
+    lstm_backward = staticmethod(lstm_backward)
+    gru_forward = staticmethod(gru_forward)
+    gru_backward = staticmethod(gru_backward)
 
     def __init__(self):
         self._scratch: dict[tuple, np.ndarray] = {}

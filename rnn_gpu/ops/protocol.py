@@ -64,3 +64,25 @@ class Ops(Protocol):
                              keep: Any, dz_all: Any, dz_sum: Any, act: str) -> None:
         """All L live streams: g = dz_prev @ W + G (e in slot `fresh`), dz_all = g f'(s)
         keep, dz_sum its sum over streams, G <- g (1 - keep)."""
+
+    def lstm_forward(self, gates: Any, c_prev: Any, c_next: Any, h_prev: Any, h_next: Any,
+                     keep: Any) -> None:
+        """gates (B, 4H) <- activations of [i, f, g, o] from their pre-activations;
+        c_next = f c_prev + i g, h_next = o tanh(c_next); masked rows take the old state."""
+
+    def lstm_backward(self, G: Any, DC: Any, gates: Any, c_prev: Any, c_next: Any, keep: Any,
+                      e: Any, fresh: int, dG_all: Any) -> None:
+        """All L streams: gates (B, 4H) <- dL/d(pre-activations) summed over streams,
+        dG_all (L, B, 4H) per stream (None for L = 1), DC <- dL/dc_prev, G <- the masked
+        pass-through of dL/dh (e added to stream `fresh` first)."""
+
+    def gru_forward(self, gates: Any, A: Any, bh: Any, h_prev: Any, h_next: Any, hn: Any,
+                    keep: Any) -> None:
+        """gates (B, 3H) <- [r, z, n] from U x + b and A = h_prev W^T; hn = A_n + bh_n;
+        h_next = (1 - z) n + z h_prev; masked rows take h_prev."""
+
+    def gru_backward(self, G: Any, gates: Any, hn: Any, h_prev: Any, keep: Any, e: Any,
+                     fresh: int, dGh_all: Any, dGh_sum: Any) -> None:
+        """All L streams: gates (B, 3H) <- dL/d(U x + b) summed, dGh_all (L, B, 3H) per
+        stream dL/d(W h + bh) (None for L = 1), dGh_sum its sum, G <- dL/dh z (dL/dh on
+        masked rows), e added to stream `fresh` first."""
