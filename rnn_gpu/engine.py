@@ -36,7 +36,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .heads.adaptive import AdaptiveHead, AdaptiveSpec
-from .reference import cell_name, param_shapes
+from .reference import GATES, cell_name, param_shapes
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -84,11 +84,28 @@ def live_streams(T: int, truncate: int | None) -> int:
 class Workspace:
     """Device buffers for one (T, B, input kind, truncation, mask) configuration."""
 
-    def __init__(self, xp, dtype, T, B, sizes, L, num_layers: int = 1, D: int = 1):
+    def __init__(self, xp, dtype, T, B, sizes, L, num_layers: int = 1, D: int = 1,
+                 cell: str = "elman"):
         I, H, O = sizes
         N = T * B
         e = lambda *shape: xp.empty(shape, dtype=dtype)  # noqa: E731
         cells = num_layers * D
+        G = GATES[cell]
+        if cell != "elman":
+            # per layer direction: the gates of every step (pre-activations, then the
+            # activations, then backward their derivatives dL/d(U x + b), in place)
+            self.gates = [e(T, B, G * H) for _ in range(cells)]
+            self.cstates = [e(T + 1, B, H) for _ in range(cells)] if cell == "lstm" else None
+            self.carry_c = e(B, H)  # dL/dc carried back (LSTM)
+            if cell == "gru":
+                self.hn = [e(T, B, H) for _ in range(cells)]  # W_n h + bh_n of every step
+                self.dgh = [e(T, B, G * H) for _ in range(cells)]  # dL/d(W h + bh)
+                self.A = e(B, G * H)  # one step's h W^T
+            if L:
+                self.DC = [e(L, B, H) for _ in range(num_layers)] if cell == "lstm" else None
+                self.dG_all = [e(L, B, G * H) for _ in range(num_layers)]  # per stream
+                self.dGx_all = ([e(L, B, G * H) for _ in range(num_layers)]
+                                if cell == "gru" else None)
         # states per layer and direction (index l*D + d): forward S[0] = h0, S[t+1] after
         # step t; reverse S[T] = h0, S[t] after step t
         self.states = [e(T + 1, B, H) for _ in range(cells)]
@@ -118,8 +135,10 @@ class Engine:
 
     def __init__(self, backend: Backend, dtype, sizes: tuple[int, int, int],
                  hidden_activation: str, output: str, num_layers: int = 1,
-                 bidirectional: bool = False, adaptive: AdaptiveSpec | None = None):
+                 bidirectional: bool = False, adaptive: AdaptiveSpec | None = None,
+                 cell: str = "elman"):
         self.backend = backend
+        self.cell = cell
         self.xp = backend.xp
         self.ops = backend.ops
         self.dtype = dtype
@@ -134,7 +153,7 @@ class Engine:
         # per call. cuBLAS takes either layout at the same speed.
         self._contiguous_wt = self.ops.name == "numpy"
         xp = self.xp
-        shapes = param_shapes(*sizes, self.num_layers, bool(bidirectional))
+        shapes = param_shapes(*sizes, self.num_layers, bool(bidirectional), cell)
         self.head = None  # the adaptive softmax, for output == "adaptive"
         if output == "adaptive":
             shapes.update(adaptive.param_shapes())
@@ -174,7 +193,7 @@ class Engine:
         if ws is None:
             I, H, O = self.sizes  # the adaptive head makes no (N, O) logits
             ws = Workspace(self.xp, self.dtype, T, B, (I, H, 0 if self.head else O), L,
-                           self.num_layers, self.D)
+                           self.num_layers, self.D, self.cell)
             self._workspaces[key] = ws
             while len(self._workspaces) > _MAX_WORKSPACES:
                 self._workspaces.popitem(last=False)
@@ -231,13 +250,15 @@ class Engine:
 
     def forward_states(self, ws: Workspace, params, x, h0, keep, drop=None) -> None:
         """States of every layer and direction into ws.states (h0: (B, H) for one cell,
-        else (num_layers*D, B, H) or None for zeros), and the features each layer above
-        the first reads (ws.inputs)."""
+        else (num_layers*D, B, H) or None for zeros; for an LSTM a pair (h0, c0) of
+        those), and the features each layer above the first reads (ws.inputs)."""
         xp, ops = self.xp, self.ops
         T, B = x.shape[:2]
         N, H, D = T * B, self.sizes[1], self.D
         drop = self._drop(drop, T, B)
-        fused = ops.recurrence(B, H, self.dtype) == "fused"
+        gated = self.cell != "elman"
+        h0, c0 = h0 if isinstance(h0, tuple) else (h0, None)
+        fused = not gated and ops.recurrence(B, H, self.dtype) == "fused"
         inp = None
         for l in range(self.num_layers):
             ws.inputs[l] = inp
@@ -245,7 +266,11 @@ class Engine:
                 i = l * D + d
                 U, W, b = (params[cell_name(n, l, d)] for n in ("U", "W", "b"))
                 S = ws.states[i]
-                proj = (S[1:] if d == 0 else S[:T]).reshape(N, H)  # U x_t + b, all steps
+                # U x_t + b of every step (every gate): one gather or one GEMM
+                if gated:
+                    proj = ws.gates[i].reshape(N, -1)
+                else:
+                    proj = (S[1:] if d == 0 else S[:T]).reshape(N, H)
                 if l == 0 and x.ndim == 2:  # token ids: a row gather of U^T, no one-hot
                     UT = U.T
                     if not UT.flags.c_contiguous:  # U was replaced by a C-ordered array
@@ -260,27 +285,56 @@ class Engine:
                     ops.gemm(x.reshape(N, -1) if l == 0 else inp, U.T, proj, 0.0)
                     proj += b
                 first = S[0] if d == 0 else S[T]
-                if h0 is None:
-                    first.fill(0)
-                else:
-                    xp.copyto(first, h0 if h0.ndim == 2 else h0[i])
+                self._initial(first, h0, i)
+                if self.cell == "lstm":
+                    C = ws.cstates[i]
+                    self._initial(C[0] if d == 0 else C[T], c0, i)
                 WT = W.T
                 if self._contiguous_wt:
                     if i not in ws.WT:
                         ws.WT[i] = xp.empty(WT.shape, dtype=self.dtype)
                     xp.copyto(ws.WT[i], WT)
                     WT = ws.WT[i]
+                order = range(T) if d == 0 else range(T - 1, -1, -1)  # reverse: T-1 .. 0
+                if gated:
+                    self._gated_forward(ws, params, i, l, d, WT, order, keep)
+                    continue
                 # one fused kernel per step (the product and the activation), or the GEMM
                 # and the pointwise kernel: the kernel set chooses by shape
                 step = ops.recur_forward if fused else partial(forward_step, ops)
-                if d == 0:
-                    for t in range(T):
-                        step(S[t], WT, S[t + 1], None if keep is None else keep[t], self.act)
-                else:  # the reverse direction: from step T-1 down to 0
-                    for t in range(T - 1, -1, -1):
-                        step(S[t + 1], WT, S[t], None if keep is None else keep[t], self.act)
+                for t in order:
+                    src, dst = (t, t + 1) if d == 0 else (t + 1, t)
+                    step(S[src], WT, S[dst], None if keep is None else keep[t], self.act)
             if l + 1 < self.num_layers:
                 inp = self._features(ws, l, drop, T)
+
+    def _initial(self, first, h0, i: int) -> None:
+        """A recurrence's first state: h0's entry i (or h0 itself for one cell), or zeros."""
+        if h0 is None:
+            first.fill(0)
+        else:
+            self.xp.copyto(first, h0 if h0.ndim == 2 else h0[i])
+
+    def _gated_forward(self, ws: Workspace, params, i: int, l: int, d: int, WT, order,
+                       keep) -> None:
+        """The recurrence of one gated layer direction: per step one GEMM (h W^T for all
+        gates) and one fused kernel (every gate's activation and the new state)."""
+        ops = self.ops
+        S, P = ws.states[i], ws.gates[i]
+        if self.cell == "lstm":
+            C = ws.cstates[i]
+            for t in order:
+                src, dst = (t, t + 1) if d == 0 else (t + 1, t)
+                ops.gemm(S[src], WT, P[t], 1.0)  # the pre-activations of [i, f, g, o]
+                ops.lstm_forward(P[t], C[src], C[dst], S[src], S[dst],
+                                 None if keep is None else keep[t])
+            return
+        bh, HN, A = params[cell_name("bh", l, d)], ws.hn[i], ws.A
+        for t in order:
+            src, dst = (t, t + 1) if d == 0 else (t + 1, t)
+            ops.gemm(S[src], WT, A, 0.0)  # W h for [r, z, n]: bh and r enter in the kernel
+            ops.gru_forward(P[t], A, bh, S[src], S[dst], HN[t],
+                            None if keep is None else keep[t])
 
     def output_layer(self, ws: Workspace, params, y, keep, drop=None, weight=None,
                      backward: bool = True) -> None:
@@ -411,6 +465,12 @@ class Engine:
         k = lambda t: None if keep is None else keep[t]  # noqa: E731
 
         L = live_streams(T, truncate)
+        if self.cell != "elman":
+            if L:
+                self._gated_backward_truncated(ws, params, x, keep, L, drop)
+            else:
+                self._gated_backward(ws, params, x, keep, drop)
+            return
         fused = ops.recurrence(B, H, self.dtype) == "fused"
         if fused and L and self.num_layers == 1:
             self._backward_fused(ws, params["W"], T, keep, L)
@@ -468,6 +528,126 @@ class Engine:
         for l in range(top, -1, -1):
             self._cell_grads(ws, x, l, 0)
 
+    # ---------------------------------------------------------------------------------
+    # Gated cells: per step one fused kernel for every gate's derivative, then one GEMM
+    # with W for the error on the state before
+
+    def _gated_step_back(self, ws: Workspace, params, i: int, l: int, d: int, t: int, G, DC,
+                         keep_t, e, fresh: int, dG_all, dGx_all) -> Any:
+        """Back through step t of layer direction i for the streams G (L, B, H) (and an
+        LSTM's DC): the fused kernel leaves the step's summed derivatives in ws.gates[i][t]
+        (and a GRU's ws.dgh[i][t]); returns what the GEMM with W reads for every stream
+        (dL/d(W h + bh), (L*B, G*H)) and the beta the GEMM takes."""
+        ops = self.ops
+        S, P = ws.states[i], ws.gates[i]
+        prev, cur = (t, t + 1) if d == 0 else (t + 1, t)
+        if self.cell == "lstm":
+            C = ws.cstates[i]
+            ops.lstm_backward(G, DC, P[t], C[prev], C[cur], keep_t, e, fresh, dG_all)
+            return (P[t] if dG_all is None else dG_all), (0.0 if keep_t is None else 1.0)
+        dgh = ws.dgh[i][t]
+        ops.gru_backward(G, P[t], ws.hn[i][t], S[prev], keep_t, e, fresh, dG_all, dgh, dGx_all)
+        return (dgh if dG_all is None else dG_all), 1.0  # G holds dh z: the GEMM adds on
+
+    def _gated_backward(self, ws: Workspace, params, x, keep, drop) -> None:
+        """Full BPTT of a gated stack, layer by layer from the top, each direction along
+        its own backward order, one carried dL/dh (and dL/dc) per direction."""
+        T, B = x.shape[:2]
+        N, H, D = T * B, self.sizes[1], self.D
+        drop = self._drop(drop, T, B)
+        G = ws.carry.reshape(1, B, H)
+        DC = ws.carry_c.reshape(1, B, H)
+        for l in range(self.num_layers - 1, -1, -1):
+            for d in range(D):
+                i = l * D + d
+                W = params[cell_name("W", l, d)]
+                G.fill(0)
+                DC.fill(0)
+                order = range(T - 1, -1, -1) if d == 0 else range(T)
+                last = 0 if d == 0 else T - 1
+                for t in order:
+                    A, beta = self._gated_step_back(
+                        ws, params, i, l, d, t, G, DC, None if keep is None else keep[t],
+                        ws.errors[i][t], 0, None, None)
+                    if t != last:  # the gradient stops at h0
+                        self.ops.gemm(A.reshape(B, -1), W, ws.carry, beta)
+                self._gated_cell_grads(ws, x, l, d)
+            if l > 0:  # the error on layer l-1's features, through layer l's U
+                self._error_into_layer(
+                    ws, [(ws.gates[l * D + d].reshape(N, -1), params[cell_name("U", l, d)])
+                         for d in range(D)], l - 1, drop)
+
+    def _gated_backward_truncated(self, ws: Workspace, params, x, keep, L: int,
+                                  drop) -> None:
+        """Per-output truncation of a unidirectional gated stack: in each layer L live
+        streams of dL/dh (and dL/dc) in a ring, slot t % L for output t, step by step
+        through all layers from the top, as the Elman one."""
+        xp, ops = self.xp, self.ops
+        T, B = x.shape[:2]
+        H = self.sizes[1]
+        top = self.num_layers - 1
+        drop = self._drop(drop, T, B)
+        lstm = self.cell == "lstm"
+        for l in range(self.num_layers):
+            ws.G[l].fill(0)
+            if lstm:
+                ws.DC[l].fill(0)
+        for j in range(T - 1, -1, -1):
+            keep_j = None if keep is None else keep[j]
+            for l in range(top, -1, -1):
+                G = ws.G[l]
+                if l == top:
+                    xp.copyto(G[j % L], ws.errors[l][j])  # output j's stream starts here
+                else:  # the streams' errors from layer l+1 at step j, through its U
+                    G[j % L].fill(0)
+                    U = params[cell_name("U", l + 1, 0)]
+                    above = (ws.dG_all[l + 1] if lstm else ws.dGx_all[l + 1]).reshape(L * B, -1)
+                    if drop is None:
+                        ops.gemm(above, U, G.reshape(L * B, H), 1.0)
+                    else:
+                        if ws.Gtmp is None:
+                            ws.Gtmp = xp.empty((L, B, H), dtype=self.dtype)
+                        ops.gemm(above, U, ws.Gtmp.reshape(L * B, H), 0.0)
+                        ws.Gtmp *= drop[l][j]
+                        G += ws.Gtmp
+                DC = None
+                if lstm:
+                    DC = ws.DC[l]
+                    DC[j % L].fill(0)
+                A, beta = self._gated_step_back(
+                    ws, params, l, l, 0, j, G, DC, keep_j, None, 0, ws.dG_all[l],
+                    ws.dGx_all[l] if (not lstm and l > 0) else None)
+                if j > 0 and L > 1:
+                    ops.gemm(A.reshape(L * B, -1), params[cell_name("W", l, 0)],
+                             G.reshape(L * B, H), beta)
+        for l in range(top, -1, -1):
+            self._gated_cell_grads(ws, x, l, 0)
+
+    def _gated_cell_grads(self, ws: Workspace, x, l: int, d: int) -> None:
+        """dW, b (and a GRU's bh) and dU of one gated layer direction from the summed
+        derivatives of every step, over all rows."""
+        ops, g = self.ops, self.grads
+        T, B = x.shape[:2]
+        N, H = T * B, self.sizes[1]
+        i = l * self.D + d
+        S = ws.states[i]
+        DGX = ws.gates[i].reshape(N, -1)  # dL/d(U x + b)
+        DGH = DGX if self.cell == "lstm" else ws.dgh[i].reshape(N, -1)  # dL/d(W h + bh)
+        prev = (S[:-1] if d == 0 else S[1:]).reshape(N, H)
+        ops.outer_accum(g[cell_name("W", l, d)], DGH, prev, False)
+        ops.bias_grad(DGX, g[cell_name("b", l, d)])
+        if self.cell == "gru":
+            ops.bias_grad(DGH, g[cell_name("bh", l, d)])
+        if l > 0:
+            ops.outer_accum(g[cell_name("U", l, d)], DGX, ws.inputs[l], False)
+            return
+        dUT = g[cell_name("U", 0, d)].T  # (I, G*H), C-contiguous
+        if x.ndim == 2:
+            dUT.fill(0)
+            ops.embed_scatter_add(dUT, x.reshape(N), DGX)
+        else:
+            ops.outer_accum(dUT, x.reshape(N, -1), DGX, False)
+
     def _backward_fused_cell(self, W, carry, S, E, keep, d: int, T: int) -> None:
         """Full BPTT of one layer direction with one fused recurrent-step kernel per step:
         each step's product with W and its delta update in one launch. E[t] holds e_t on
@@ -513,11 +693,15 @@ class Engine:
     def h_last(self, ws: Workspace, T: int):
         """A fresh copy of the last states (:meth:`state_shape`): each forward direction's
         after step T-1, each reverse direction's after step 0."""
+        h = self._last(ws.states, T)
+        return h if self.cell != "lstm" else (h, self._last(ws.cstates, T))
+
+    def _last(self, states, T: int):
         if self.cells == 1:
-            return ws.S[T].copy()
-        B, H = ws.carry.shape
+            return states[0][T].copy()
+        B, H = states[0].shape[1:]
         out = self.xp.empty((self.cells, B, H), dtype=self.dtype)
-        for i, S in enumerate(ws.states):
+        for i, S in enumerate(states):
             self.xp.copyto(out[i], S[T] if i % self.D == 0 else S[0])
         return out
 

@@ -36,7 +36,12 @@ def gradcheck(model, x, y, h0=None, truncate=None, mask=None, *, loss_mask=None,
     analytic = {k: to_numpy(v).astype(np.float64, copy=True) for k, v in grads.items()}
 
     xh, yh = to_numpy(x), to_numpy(y)
-    h0h = None if h0 is None else to_numpy(h0).astype(np.float64)
+    if h0 is None:
+        h0h = None
+    elif isinstance(h0, (tuple, list)):  # an LSTM's (h, c)
+        h0h = tuple(to_numpy(a).astype(np.float64) for a in h0)
+    else:
+        h0h = to_numpy(h0).astype(np.float64)
     mh = None if mask is None else to_numpy(mask).astype(np.float64)
     lmh = None if loss_mask is None else to_numpy(loss_mask).astype(np.float64)
     dh = None if dropout is None else to_numpy(dropout).astype(np.float64)
@@ -48,7 +53,7 @@ def gradcheck(model, x, y, h0=None, truncate=None, mask=None, *, loss_mask=None,
         p = {k: to_numpy(v) for k, v in m64.params.items()}
         pp, xx, hh, mm, _, dd = reference.prepare_inputs(p, xh, h0h, mh, dh, lmh)
         states, _ = reference.forward_stack(pp, xx, hh, mm, m64.hidden_activation, dd)
-        anchors = [layer[0] for layer in states]  # each layer's states, held fixed
+        anchors = [layer[0] for layer in states]  # each layer's states (h, c), held fixed
 
         def objective():
             return reference.truncated_surrogate_loss(

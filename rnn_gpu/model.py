@@ -22,13 +22,13 @@ from . import reference
 from .backend import Backend, get_backend, is_cupy_array, to_numpy
 from .engine import Engine
 from .heads.adaptive import DEFAULT_DIV_VALUE, check_adaptive
-from .reference import ACTIVATIONS, OUTPUTS, PARAM_NAMES, param_shapes
+from .reference import ACTIVATIONS, CELLS, OUTPUTS, PARAM_NAMES, param_shapes
 
 MODEL_OUTPUTS = (*OUTPUTS, "adaptive")
 _ID_TARGETS = ("softmax", "adaptive")  # outputs whose targets are class ids
 
 DTYPES = ("float32", "float64")
-__all__ = ["RNN", "DTYPES", "PARAM_NAMES"]
+__all__ = ["RNN", "DTYPES", "PARAM_NAMES", "CELLS"]
 
 
 def _check_positive_int(name: str, v) -> int:
@@ -96,7 +96,7 @@ class RNN:
     """
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int, *,
-                 num_layers: int = 1, bidirectional: bool = False,
+                 cell: str = "elman", num_layers: int = 1, bidirectional: bool = False,
                  backend: str | Backend = "auto", dtype: str = "float32", seed: int = 0,
                  hidden_activation: str = "tanh", output: str = "softmax",
                  cutoffs=None, div_value: float = DEFAULT_DIV_VALUE):
@@ -113,6 +113,11 @@ class RNN:
             dtype_name = repr(dtype)
         _check_choice("dtype", dtype_name, DTYPES)
         _check_choice("hidden_activation", hidden_activation, ACTIVATIONS)
+        _check_choice("cell", cell, CELLS)
+        if cell != "elman" and hidden_activation != "tanh":
+            raise ValueError(f"hidden_activation: a {cell} cell has its own gate activations "
+                             f"(sigmoid and tanh, as torch.nn.{cell.upper()}); leave "
+                             f"hidden_activation at 'tanh', got {hidden_activation!r}")
         _check_choice("output", output, MODEL_OUTPUTS)
         # the output layer reads F = D*H features: the adaptive head's sizes follow them
         self.adaptive = check_adaptive(output, cutoffs, div_value, O, (1 + bidirectional) * H)
@@ -125,20 +130,25 @@ class RNN:
         self.output = output
         self.seed = int(seed)
         self.num_layers, self.bidirectional = num_layers, bidirectional
+        self.cell = cell
 
         rng = np.random.default_rng(self.seed)
         r = 1.0 / np.sqrt(H)
-        shapes = param_shapes(I, H, O, num_layers, bidirectional)
+        shapes = param_shapes(I, H, O, num_layers, bidirectional, cell)
         if self.adaptive is None:
             host = {k: rng.uniform(-r, r, shapes[k]) for k in ("U", "W", "V")}  # this order:
-            host.update(b=np.zeros(H), c=np.zeros(O))  # the init stream of every seed so far
+            host.update(b=np.zeros(shapes["b"]), c=np.zeros(O))  # the init stream so far
         else:  # U, W, then the head's parameters at torch.nn.Linear's scale
             host = {k: rng.uniform(-r, r, shapes[k]) for k in ("U", "W")}
-            host["b"] = np.zeros(H)
+            host["b"] = np.zeros(shapes["b"])
             host.update(self.adaptive.init_params(rng))
         for k, shape in shapes.items():  # then the other layers and directions, in order
             if k not in host:
                 host[k] = np.zeros(shape) if k[0] == "b" else rng.uniform(-r, r, shape)
+        if cell == "lstm":  # forget gates start open: bias 1 (Jozefowicz et al., 2015)
+            for k, v in host.items():
+                if k[0] == "b":
+                    v[H:2 * H] = 1.0
         self.params: dict[str, Any] = {
             k: self.backend.asarray(np.ascontiguousarray(v, dtype=self.dtype))
             for k, v in host.items()
@@ -149,7 +159,7 @@ class RNN:
             self.params[k] = self.backend.asarray(
                 np.ascontiguousarray(host[k].T, dtype=self.dtype)).T
         self._engine = Engine(self.backend, self.dtype, (I, H, O), hidden_activation, output,
-                              num_layers, bidirectional, self.adaptive)
+                              num_layers, bidirectional, self.adaptive, cell)
 
     # ---------------------------------------------------------------------------------
 
@@ -161,7 +171,7 @@ class RNN:
             "input_size": self.input_size, "hidden_size": self.hidden_size,
             "output_size": self.output_size, "dtype": self.dtype.name,
             "hidden_activation": self.hidden_activation, "output": self.output,
-            "seed": self.seed, "num_layers": self.num_layers,
+            "seed": self.seed, "cell": self.cell, "num_layers": self.num_layers,
             "bidirectional": self.bidirectional,
         }
         if self.adaptive is not None:
@@ -184,7 +194,7 @@ class RNN:
         except KeyError as e:
             raise ValueError(f"config: missing {e.args[0]!r}") from None
         known = {"dtype", "hidden_activation", "output", "seed", "num_layers", "bidirectional",
-                 "cutoffs", "div_value"}
+                 "cutoffs", "div_value", "cell"}
         m = cls(*sizes, backend=backend, **{k: v for k, v in c.items() if k in known})
         if params is not None:
             m.load_params(params)
@@ -210,7 +220,8 @@ class RNN:
         except KeyError as e:
             raise ValueError(f"config: missing {e.args[0]!r}") from None
         layers, bi = int(config.get("num_layers", 1)), bool(config.get("bidirectional", False))
-        shapes = param_shapes(I, H, O, layers, bi)
+        cell = _check_choice("cell", config.get("cell", "elman"), CELLS)
+        shapes = param_shapes(I, H, O, layers, bi, cell)
         spec = check_adaptive(config.get("output", "softmax"), config.get("cutoffs"),
                               config.get("div_value", DEFAULT_DIV_VALUE), O, (1 + bi) * H)
         if spec is not None:
@@ -228,7 +239,8 @@ class RNN:
         return self._engine.dropout_shape(T, B)
 
     def __repr__(self) -> str:
-        stack = "" if self.num_layers == 1 else f"num_layers={self.num_layers}, "
+        stack = "" if self.cell == "elman" else f"cell={self.cell!r}, "
+        stack += "" if self.num_layers == 1 else f"num_layers={self.num_layers}, "
         stack += "bidirectional=True, " if self.bidirectional else ""
         extra = "" if self.adaptive is None else (
             f", cutoffs={self.adaptive.cutoffs}, div_value={self.adaptive.div_value}")
@@ -335,6 +347,17 @@ class RNN:
         return y
 
     def _check_h0(self, h0, B, checks: _Checks):
+        if self.cell == "lstm" and h0 is not None:
+            if not isinstance(h0, (tuple, list)) or len(h0) != 2:
+                raise ValueError(
+                    f"h0: an LSTM's state is a pair (h, c), each of shape "
+                    f"{self.state_shape(B)}, got {type(h0).__name__}")
+            if any(a is None for a in h0):
+                raise ValueError("h0: expected two arrays in the pair (h, c), got None")
+            return tuple(self._check_state(a, B, checks) for a in h0)
+        return self._check_state(h0, B, checks)
+
+    def _check_state(self, h0, B, checks: _Checks):
         h0 = self._array("h0", h0)
         if h0 is None:
             return None
@@ -394,7 +417,7 @@ class RNN:
                 y = be.xp.ascontiguousarray(be.asarray(y))
             else:
                 y = be.xp.ascontiguousarray(be.asarray(y, dtype=self.dtype))
-        h0 = None if h0 is None else be.asarray(h0, dtype=self.dtype)
+        h0 = self._upload_state(h0)
         keep = None
         if mask is not None and not all_ones():  # an all-ones mask is no mask: faster path
             keep = be.asarray(mask, dtype=self.dtype)
@@ -405,6 +428,14 @@ class RNN:
         if drop is not None:
             drop = be.xp.ascontiguousarray(be.asarray(drop, dtype=self.dtype))
         return xb, y, h0, keep, weight, drop
+
+    def _upload_state(self, h):
+        """A state (an LSTM's pair) on this backend in the model's dtype, or None."""
+        if h is None:
+            return None
+        if isinstance(h, (tuple, list)):
+            return tuple(self.backend.asarray(a, dtype=self.dtype) for a in h)
+        return self.backend.asarray(h, dtype=self.dtype)
 
     # ---------------------------------------------------------------------------------
 
@@ -502,7 +533,8 @@ class RNN:
         xb, yb, h0b, keep, _, drop = self._inputs(x, y, h0, mask, True, loss_mask, dropout)
         return reference.loss_and_grads(
             {k: to_numpy(v) for k, v in self.params.items()}, to_numpy(xb), to_numpy(yb),
-            h0=None if h0b is None else to_numpy(h0b), truncate=truncate,
+            h0=None if h0b is None else (tuple(map(to_numpy, h0b)) if isinstance(h0b, tuple)
+                                         else to_numpy(h0b)), truncate=truncate,
             mask=None if keep is None else to_numpy(keep),
             hidden_activation=self.hidden_activation, output=self.output,
             drop=None if drop is None else to_numpy(drop),
@@ -517,7 +549,7 @@ class RNN:
         be = self.backend
         xb = be.xp.ascontiguousarray(be.asarray(x))
         yb = be.xp.ascontiguousarray(be.asarray(y))
-        h0b = None if h0 is None else be.asarray(h0, dtype=self.dtype)
+        h0b = self._upload_state(h0)
         drop = None if dropout is None else be.xp.ascontiguousarray(
             be.asarray(dropout, dtype=self.dtype))
         return self._engine.loss_and_grads(self.params, xb, yb, h0b, None,

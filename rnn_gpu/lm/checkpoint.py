@@ -3,7 +3,8 @@
 Layout (format versions 1 and 2) -- every entry is a plain array, loadable with
 ``numpy.load(path, allow_pickle=False)``. Version 2 is the same layout for the models an
 rnn-gpu that reads version 1 only would build wrongly (stacked or bidirectional layers,
-the adaptive softmax: their ``model`` record has keys it ignores); a one-layer softmax
+gated cells, the adaptive softmax: their ``model`` record has keys it ignores; a record
+without ``cell`` is an Elman model); a one-layer Elman softmax
 model is written as version 1, exactly as before:
 
 =====================  ===================================================================
@@ -58,6 +59,7 @@ def format_version(model_config: dict) -> int:
     for a model an older reader would build wrongly."""
     plain = (int(model_config.get("num_layers", 1)) == 1
              and not model_config.get("bidirectional", False)
+             and model_config.get("cell", "elman") == "elman"
              and model_config.get("output", "softmax") != "adaptive")
     return 1 if plain else 2
 

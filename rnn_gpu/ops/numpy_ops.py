@@ -485,7 +485,8 @@ def gru_forward(gates, A, bh, h_prev, h_next, hn, keep) -> None:
     _pass_masked(h_next, h_prev, keep)
 
 
-def gru_backward(G, gates, hn, h_prev, keep, e, fresh: int, dGh_all, dGh_sum) -> None:
+def gru_backward(G, gates, hn, h_prev, keep, e, fresh: int, dGh_all, dGh_sum,
+                 dGx_all=None) -> None:
     """One GRU step of BPTT for all L live error streams (L = 1: full BPTT).
 
     G:       (L, B, H) in: dL/dh' of each stream (plus e in slot `fresh` when e is given);
@@ -498,6 +499,8 @@ def gru_backward(G, gates, hn, h_prev, keep, e, fresh: int, dGh_all, dGh_sum) ->
     dGh_all: (L, B, 3H) out: each stream's dL/d(W h + bh) = [dr, dz, r dn], for the GEMM
              with W; None when L = 1 (the GEMM then reads dGh_sum)
     dGh_sum: (B, 3H) out: dGh summed over the streams (for dW and bh)
+    dGx_all: (L, B, 3H) out, or None: each stream's dL/d(U x + b), [dr, dz, dn] (what a
+             truncated stack sends to the layer below through U)
 
     dn = dh' (1 - z)(1 - n^2), dz = dh' (h - n) z (1 - z), dr = dn hn r (1 - r).
     """
@@ -526,6 +529,9 @@ def gru_backward(G, gates, hn, h_prev, keep, e, fresh: int, dGh_all, dGh_sum) ->
         np.sum(dGh_all, axis=0, out=dGh_sum)
     gates[:, :2 * H] = dGh_sum[:, :2 * H]
     np.sum(dn, axis=0, out=gates[:, 2 * H:])
+    if dGx_all is not None:
+        dGx_all[:, :, :2 * H] = out[:, :, :2 * H]
+        dGx_all[:, :, 2 * H:] = dn
     G *= pass_h
 
 

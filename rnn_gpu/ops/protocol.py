@@ -82,7 +82,8 @@ class Ops(Protocol):
         h_next = (1 - z) n + z h_prev; masked rows take h_prev."""
 
     def gru_backward(self, G: Any, gates: Any, hn: Any, h_prev: Any, keep: Any, e: Any,
-                     fresh: int, dGh_all: Any, dGh_sum: Any) -> None:
+                     fresh: int, dGh_all: Any, dGh_sum: Any, dGx_all: Any = None) -> None:
         """All L streams: gates (B, 3H) <- dL/d(U x + b) summed, dGh_all (L, B, 3H) per
         stream dL/d(W h + bh) (None for L = 1), dGh_sum its sum, G <- dL/dh z (dL/dh on
-        masked rows), e added to stream `fresh` first."""
+        masked rows), e added to stream `fresh` first; dGx_all (L, B, 3H) per stream
+        dL/d(U x + b), or None."""

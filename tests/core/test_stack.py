@@ -80,14 +80,14 @@ def test_layered_and_per_output_backward_agree():
     h0, lm, dr = make_extras(m, T, x.shape[1], True, True, True)
     p, xx, hh, mm, w, dd = reference.prepare_inputs(
         {k: np.array(v) for k, v in m.params.items()}, x, h0, mask, dr, lm)
-    states, feats = reference.forward_stack(p, xx, hh, mm, "tanh", dd)
+    runs, feats = reference._forward_runs(p, xx, hh, None, mm, "tanh", dd)
     _, dz = zip(*(reference.output_loss("softmax", feats[-1][t] @ p["V"].T + p["c"], y[t])
                   for t in range(T)))
     e_out = [(dz[t] * w[t][:, None]) @ p["V"] for t in range(T)]  # error on the top features
     g1 = {k: np.zeros_like(v) for k, v in p.items()}
     g2 = {k: np.zeros_like(v) for k, v in p.items()}
-    reference._backward_per_output(p, g1, xx, states, feats, mm, dd, e_out, T, "tanh")
-    reference._backward_layered(p, g2, xx, states, feats, mm, dd, e_out, "tanh")
+    reference._backward_per_output(p, g1, xx, runs, feats, mm, dd, e_out, T, "tanh")
+    reference._backward_layered(p, g2, xx, runs, feats, mm, dd, e_out, "tanh")
     for k in p:
         if k not in ("V", "c"):
             assert rel_err(g1[k], g2[k]) < 1e-12, k
