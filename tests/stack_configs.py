@@ -44,6 +44,8 @@ def make_extras(model, T: int, B: int, loss_mask: bool, with_h0: bool, dropout: 
     """h0, loss weights and dropout multipliers of this model's layouts (or None)."""
     rng = np.random.default_rng(seed)
     h0 = rng.uniform(-0.5, 0.5, model.state_shape(B)) if with_h0 else None
+    if with_h0 and getattr(model, "cell", "elman") == "lstm":  # an LSTM's state (h, c)
+        h0 = (h0, rng.uniform(-1.0, 1.0, model.state_shape(B)))
     lm = None
     if loss_mask:
         lm = rng.uniform(0.0, 2.0, (T, B))
@@ -52,3 +54,35 @@ def make_extras(model, T: int, B: int, loss_mask: bool, with_h0: bool, dropout: 
     if dropout:
         drop = (rng.random(model.dropout_shape(T, B)) >= 0.3) / 0.7
     return h0, lm, drop
+
+
+CELL_FACTORS = {
+    "cell": ("gru", "lstm"),
+    "num_layers": (1, 2),
+    "bidirectional": (False, True),
+    "out": reference.OUTPUTS,
+    "trunc": (None, 0, 2),
+    "dense": (False, True),
+    "masked": (False, True),
+    "loss_mask": (False, True),
+    "with_h0": (False, True),
+    "dropout": (False, True),
+}
+
+
+def cell_sample(n: int, seed: int) -> list[tuple]:
+    """n configurations of the gated cells, each factor's levels balanced as in
+    :func:`sample` (no truncation with a reverse direction)."""
+    rng = np.random.default_rng(seed)
+    cols = []
+    for levels in CELL_FACTORS.values():
+        col = [levels[i % len(levels)] for i in range(n)]
+        rng.shuffle(col)
+        cols.append(col)
+    rows = []
+    for row in zip(*cols):
+        cfg = dict(zip(CELL_FACTORS, row))
+        if cfg["bidirectional"]:
+            cfg["trunc"] = None
+        rows.append(tuple(cfg.values()))
+    return rows
