@@ -43,9 +43,9 @@
 // (B,) 0/1. keep, e and dG_all / dGh_all are not read (nor written) when has_keep,
 // has_e, has_all are 0; without dG_all (L = 1) the one stream's derivatives go straight
 // into gates (and dGh_sum). n = B*H, and the gates arrays' B*4H or B*3H, are below 2^31
-// (the launchers check); the (L, B, .) arrays are indexed in 64 bits. Products go through
-// rnn_mul in the twins' order. NumPy twins: rnn_gpu.ops.numpy_ops.lstm_forward,
-// lstm_backward, gru_forward, gru_backward.
+// (the launchers check); the (L, B, .) arrays are indexed in 64 bits. Each product is
+// rounded on its own (no FMA contraction), in the twins' order. NumPy twins:
+// rnn_gpu.ops.numpy_ops.lstm_forward, lstm_backward, gru_forward, gru_backward.
 
 #include "rnn_common.cuh"
 
