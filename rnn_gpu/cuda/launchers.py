@@ -64,6 +64,7 @@ DEFINES = {
                      ("RECUR_TY", str(RECUR_TY))),
     "rnn_adaptive.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)), ("XENT_BLOCK", str(XENT_BLOCK)),
                         ("SCAN_BLOCK", str(SCAN_BLOCK))),
+    "rnn_gates.cu": (("ELEM_BLOCK", str(ELEM_BLOCK)),),
 }
 
 
@@ -715,6 +716,148 @@ class CudaOps:
             (dz_all if dz_prev is None else dz_prev, np.int32(dz_prev is not None), W, sk, sn,
              dz_all if G is None else G, np.int32(fresh), e, s, _keep_arg(keep, s), has_keep,
              dz_all, dz_sum, np.int32(L), np.int32(B), np.int32(H), code))
+
+    # ---------------------------------------------------------------------------------
+    # Gated cells (kernels/rnn_gates.cu): the pointwise part of an LSTM or GRU step, all
+    # the gates of a unit in one thread, beside the caller's recurrent GEMM. Same
+    # signatures and in-place semantics as the twins lstm_forward, lstm_backward,
+    # gru_forward and gru_backward. Gate blocks are PyTorch's: LSTM [i, f, g, o], GRU
+    # [r, z, n], each H wide.
+
+    def _gate_state(self, K: str, arg: str, a, n_gates: int, **others):
+        """B, H from the (B, H) array `a`, the float dtype shared with `others`; the gates
+        arrays (B, n_gates*H) must stay below 2^31 elements (32-bit indices)."""
+        dt = self._floats(K, **{arg: a}, **others)
+        if a.ndim != 2:
+            _fail(K, arg, "a 2-D (B, H) array", _desc(a))
+        B, H = a.shape
+        _count32(K, n_gates * B * H)
+        return dt, B, H
+
+    @staticmethod
+    def _gate_streams(K: str, G, B: int, H: int) -> int:
+        """L from G (L, B, H), L >= 1."""
+        if G.ndim != 3 or G.shape[0] == 0:
+            _fail(K, "G", f"a 3-D (L, {B}, {H}) array with L >= 1", _desc(G))
+        _shape(K, "G", G, (G.shape[0], B, H))
+        return G.shape[0]
+
+    def _gate_error(self, K: str, e, fresh, L: int, B: int, H: int, dt):
+        """e: None or (B, H) of dtype dt, fresh: an int slot in [0, L). Returns (e or None,
+        has_e, fresh as int32)."""
+        if isinstance(fresh, bool) or not isinstance(fresh, (int, np.integer)) \
+                or not 0 <= fresh < L:
+            _fail(K, "fresh", f"an int slot in [0, {L})", repr(fresh))
+        if e is None:
+            return None, np.int32(0), np.int32(fresh)
+        self._dev(K, "e", e)
+        if e.dtype != dt or tuple(e.shape) != (B, H):
+            _fail(K, "e", f"None or a {dt} array of shape ({B}, {H})", _desc(e))
+        return e, np.int32(1), np.int32(fresh)
+
+    def _gate_all(self, K: str, arg: str, a, L: int, B: int, width: int, dt):
+        """The per-stream output (L, B, width): None allowed for L = 1 only."""
+        if a is None:
+            if L != 1:
+                _fail(K, arg, f"a {dt} array of shape ({L}, {B}, {width}) for L = {L} > 1",
+                      "None")
+            return None, np.int32(0)
+        self._dev(K, arg, a)
+        if a.dtype != dt or tuple(a.shape) != (L, B, width):
+            _fail(K, arg, f"a {dt} array of shape ({L}, {B}, {width})", _desc(a))
+        return a, np.int32(1)
+
+    def lstm_forward(self, gates, c_prev, c_next, h_prev, h_next, keep) -> None:
+        """One LSTM step after its GEMM: gates (B, 4H) <- sigma(i), sigma(f), tanh(g),
+        sigma(o) from their pre-activations; c_next = f c_prev + i g, h_next =
+        o tanh(c_next) (B, H); rows whose keep is 0 take c_prev and h_prev."""
+        K = "lstm_forward"
+        dt, B, H = self._gate_state(K, "c_prev", c_prev, 4, gates=gates, c_next=c_next,
+                                    h_prev=h_prev, h_next=h_next)
+        _shape(K, "gates", gates, (B, 4 * H))
+        for arg, x in (("c_next", c_next), ("h_prev", h_prev), ("h_next", h_next)):
+            _shape(K, arg, x, (B, H))
+        keep, has_keep = self._keep(K, keep, B, dt)
+        n = _count32(K, B * H)
+        if n == 0:
+            return
+        self._kernel("rnn_gates.cu", f"rnn_lstm_forward_{_FLOAT[dt]}")(
+            (_blocks(n, ELEM_BLOCK),), (ELEM_BLOCK,),
+            (gates, c_prev, c_next, h_prev, h_next, _keep_arg(keep, c_prev), has_keep, n,
+             np.int32(H)))
+
+    def lstm_backward(self, G, DC, gates, c_prev, c_next, keep, e, fresh: int,
+                      dG_all) -> None:
+        """One LSTM step of BPTT for all L streams: G, DC (L, B, H) dL/dh', dL/dc' in;
+        gates (B, 4H) the activations in, dL/d(pre-activations) summed over the streams
+        out; dG_all (L, B, 4H) each stream's (None for L = 1); DC <- dL/dc (kept on masked
+        rows), G <- dh' (1 - keep) with a mask; e (B, H) or None added to stream `fresh`
+        first; c_prev, c_next (B, H)."""
+        K = "lstm_backward"
+        dt, B, H = self._gate_state(K, "c_prev", c_prev, 4, G=G, DC=DC, gates=gates,
+                                    c_next=c_next)
+        L = self._gate_streams(K, G, B, H)
+        _shape(K, "DC", DC, (L, B, H))
+        _shape(K, "gates", gates, (B, 4 * H))
+        _shape(K, "c_next", c_next, (B, H))
+        keep, has_keep = self._keep(K, keep, B, dt)
+        e, has_e, fresh = self._gate_error(K, e, fresh, L, B, H, dt)
+        dG_all, has_all = self._gate_all(K, "dG_all", dG_all, L, B, 4 * H, dt)
+        n = _count32(K, B * H)
+        if n == 0:
+            return
+        self._kernel("rnn_gates.cu", f"rnn_lstm_backward_{_FLOAT[dt]}")(
+            (_blocks(n, ELEM_BLOCK),), (ELEM_BLOCK,),
+            (G, DC, gates, c_prev, c_next, _keep_arg(keep, c_prev), has_keep,
+             c_prev if e is None else e, has_e, fresh, gates if dG_all is None else dG_all,
+             has_all, np.int32(L), n, np.int32(H)))
+
+    def gru_forward(self, gates, A, bh, h_prev, h_next, hn, keep) -> None:
+        """One GRU step after its GEMM: gates (B, 3H) U x + b in, r, z, n out; A (B, 3H)
+        h_prev W^T; bh (3H,); hn (B, H) <- A_n + bh_n; h_next (B, H) <- (1 - z) n +
+        z h_prev, rows whose keep is 0 take h_prev."""
+        K = "gru_forward"
+        dt, B, H = self._gate_state(K, "h_prev", h_prev, 3, gates=gates, A=A, bh=bh,
+                                    h_next=h_next, hn=hn)
+        _shape(K, "gates", gates, (B, 3 * H))
+        _shape(K, "A", A, (B, 3 * H))
+        _shape(K, "bh", bh, (3 * H,))
+        _shape(K, "h_next", h_next, (B, H))
+        _shape(K, "hn", hn, (B, H))
+        keep, has_keep = self._keep(K, keep, B, dt)
+        n = _count32(K, B * H)
+        if n == 0:
+            return
+        self._kernel("rnn_gates.cu", f"rnn_gru_forward_{_FLOAT[dt]}")(
+            (_blocks(n, ELEM_BLOCK),), (ELEM_BLOCK,),
+            (gates, A, bh, h_prev, h_next, hn, _keep_arg(keep, h_prev), has_keep, n,
+             np.int32(H)))
+
+    def gru_backward(self, G, gates, hn, h_prev, keep, e, fresh: int, dGh_all,
+                     dGh_sum) -> None:
+        """One GRU step of BPTT for all L streams: G (L, B, H) dL/dh' in, dh' z (dh' on
+        masked rows) out; gates (B, 3H) r, z, n in, dL/d(U x + b) summed over the streams
+        out; dGh_all (L, B, 3H) each stream's dL/d(W h + bh) (None for L = 1), dGh_sum
+        (B, 3H) their sum; hn, h_prev (B, H); e (B, H) or None added to stream `fresh`
+        first."""
+        K = "gru_backward"
+        dt, B, H = self._gate_state(K, "h_prev", h_prev, 3, G=G, gates=gates, hn=hn,
+                                    dGh_sum=dGh_sum)
+        L = self._gate_streams(K, G, B, H)
+        _shape(K, "gates", gates, (B, 3 * H))
+        _shape(K, "hn", hn, (B, H))
+        _shape(K, "dGh_sum", dGh_sum, (B, 3 * H))
+        keep, has_keep = self._keep(K, keep, B, dt)
+        e, has_e, fresh = self._gate_error(K, e, fresh, L, B, H, dt)
+        dGh_all, has_all = self._gate_all(K, "dGh_all", dGh_all, L, B, 3 * H, dt)
+        n = _count32(K, B * H)
+        if n == 0:
+            return
+        self._kernel("rnn_gates.cu", f"rnn_gru_backward_{_FLOAT[dt]}")(
+            (_blocks(n, ELEM_BLOCK),), (ELEM_BLOCK,),
+            (G, gates, hn, h_prev, _keep_arg(keep, h_prev), has_keep,
+             h_prev if e is None else e, has_e, fresh, dGh_sum if dGh_all is None else dGh_all,
+             has_all, dGh_sum, np.int32(L), n, np.int32(H)))
 
     # ---------------------------------------------------------------------------------
     # The recurrence: a cuBLAS GEMM plus a fused pointwise kernel per step ("gemm"), or

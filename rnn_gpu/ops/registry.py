@@ -12,9 +12,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .numpy_ops import (act_forward, adaptive_gather, adaptive_partition, adaptive_scatter_add,
-                        bias_grad, delta_step, embed_gather, embed_scatter_add, outer_accum,
-                        recur_backward, recur_forward, recur_trunc_backward, sigmoid_bce,
-                        softmax_xent, squared_error, trunc_delta_step, weighted_xent)
+                        bias_grad, delta_step, embed_gather, embed_scatter_add, gru_backward,
+                        gru_forward, lstm_backward, lstm_forward, outer_accum, recur_backward,
+                        recur_forward, recur_trunc_backward, sigmoid_bce, softmax_xent,
+                        squared_error, trunc_delta_step, weighted_xent)
 
 
 @dataclass
@@ -284,6 +285,84 @@ _register(KernelSpec(
     sizes={"quick": {"L": 3, "B": 37, "H": 45}, "full": {"L": 8, "B": 64, "H": 1024}},
     cuda_versions={"fused": "recur_trunc_backward"},
     doc="one truncated-BPTT step for all L live streams: (L*B) x H x H GEMM + epilogue"))
+
+
+# -------------------------------------------------------------------------------------
+# Gated cells (kernels/rnn_gates.cu): the pointwise part of an LSTM or GRU step beside its
+# GEMM. Backward inputs are activations in their ranges (sigmoid gates in (0, 1), tanh
+# ones in (-1, 1)); L live streams, with this step's output error in stream L // 2. The
+# errors (G, DC, e) are small, |.| <= 1/4: the bench calls a kernel over and over on the
+# same arguments, and each backward call leaves derivatives in `gates` that the next one
+# reads as activations; from small errors the iterates decay (to zeros, but the masked
+# rows of G, which gain e once a call) instead of overflowing.
+_ERR = 0.25
+
+def _gate_acts(xp, rng, B, H, dtype, tanh_blocks):
+    """(B, k*H) gate activations: block j in (-1, 1) if j is in tanh_blocks, else (0, 1)."""
+    blocks = [rng.uniform(-1.0 if t else 0.0, 1.0, (B, H)) for t in tanh_blocks]
+    return xp.asarray(np.concatenate(blocks, axis=1).astype(dtype))
+
+
+def _mk_lstm_forward(xp, rng, sz, dtype):
+    B, H = sz["B"], sz["H"]
+    return (_rand(xp, rng, (B, 4 * H), dtype, -3, 3), _rand(xp, rng, (B, H), dtype, -2, 2),
+            xp.empty((B, H), dtype=dtype), _rand(xp, rng, (B, H), dtype),
+            xp.empty((B, H), dtype=dtype), _keep(xp, rng, B, dtype))
+
+
+def _mk_lstm_backward(xp, rng, sz, dtype):
+    L, B, H = sz["L"], sz["B"], sz["H"]
+    return (_rand(xp, rng, (L, B, H), dtype, -_ERR, _ERR),
+            _rand(xp, rng, (L, B, H), dtype, -_ERR, _ERR),
+            _gate_acts(xp, rng, B, H, dtype, (False, False, True, False)),
+            _rand(xp, rng, (B, H), dtype, -2, 2), _rand(xp, rng, (B, H), dtype, -2, 2),
+            _keep(xp, rng, B, dtype), _rand(xp, rng, (B, H), dtype, -_ERR, _ERR), L // 2,
+            xp.empty((L, B, 4 * H), dtype=dtype))
+
+
+def _mk_gru_forward(xp, rng, sz, dtype):
+    B, H = sz["B"], sz["H"]
+    return (_rand(xp, rng, (B, 3 * H), dtype, -2, 2), _rand(xp, rng, (B, 3 * H), dtype),
+            _rand(xp, rng, (3 * H,), dtype, -0.5, 0.5), _rand(xp, rng, (B, H), dtype),
+            xp.empty((B, H), dtype=dtype), xp.empty((B, H), dtype=dtype),
+            _keep(xp, rng, B, dtype))
+
+
+def _mk_gru_backward(xp, rng, sz, dtype):
+    L, B, H = sz["L"], sz["B"], sz["H"]
+    return (_rand(xp, rng, (L, B, H), dtype, -_ERR, _ERR),
+            _gate_acts(xp, rng, B, H, dtype, (False, False, True)),
+            _rand(xp, rng, (B, H), dtype, -1.5, 1.5), _rand(xp, rng, (B, H), dtype),
+            _keep(xp, rng, B, dtype), _rand(xp, rng, (B, H), dtype, -_ERR, _ERR), L // 2,
+            xp.empty((L, B, 3 * H), dtype=dtype), xp.empty((B, 3 * H), dtype=dtype))
+
+
+_GATES_LBH = {"quick": {"L": 3, "B": 33, "H": 257}, "full": {"L": 8, "B": 64, "H": 1024}}
+
+_register(KernelSpec(
+    "lstm_forward", "rnn_gates.cu", lstm_forward, _mk_lstm_forward, (0, 2, 4),
+    flops=lambda z: 0.0, nbytes=lambda z: 12 * z["B"] * z["H"] * _F, sizes=_BH,
+    cuda_versions=_FUSED("lstm_forward"),
+    doc="LSTM step after its GEMM: the four gates' activations, the new cell and hidden "
+        "state, with the mask"))
+_register(KernelSpec(
+    "lstm_backward", "rnn_gates.cu", lstm_backward, _mk_lstm_backward, (0, 1, 2, 8),
+    flops=lambda z: 0.0, nbytes=lambda z: (8 * z["L"] + 11) * z["B"] * z["H"] * _F,
+    sizes=_GATES_LBH, cuda_versions=_FUSED("lstm_backward"),
+    doc="LSTM step of BPTT for all L streams: the gates' derivatives per stream and "
+        "summed, the cell error passed back"))
+_register(KernelSpec(
+    "gru_forward", "rnn_gates.cu", gru_forward, _mk_gru_forward, (0, 4, 5),
+    flops=lambda z: 0.0, nbytes=lambda z: (12 * z["B"] + 3) * z["H"] * _F, sizes=_BH,
+    cuda_versions=_FUSED("gru_forward"),
+    doc="GRU step after its GEMM: reset and update gates, candidate, new state, with the "
+        "mask"))
+_register(KernelSpec(
+    "gru_backward", "rnn_gates.cu", gru_backward, _mk_gru_backward, (0, 1, 7, 8),
+    flops=lambda z: 0.0, nbytes=lambda z: (5 * z["L"] + 12) * z["B"] * z["H"] * _F,
+    sizes=_GATES_LBH, cuda_versions=_FUSED("gru_backward"),
+    doc="GRU step of BPTT for all L streams: the gates' derivatives at U x + b and at "
+        "W h + bh, per stream and summed"))
 
 
 # -------------------------------------------------------------------------------------

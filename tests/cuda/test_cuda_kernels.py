@@ -17,7 +17,8 @@ from ..helpers import EMULATED_ORDERS, cuda_device, device_params, make_problem,
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 ACT_KERNELS = ("act_forward", "delta_step", "trunc_delta_step")
 KEEP_ARG = {"act_forward": 2, "delta_step": 3, "trunc_delta_step": 2, "softmax_xent": 2,
-            "sigmoid_bce": 2, "squared_error": 2}
+            "sigmoid_bce": 2, "squared_error": 2, "lstm_forward": 5, "lstm_backward": 5,
+            "gru_forward": 6, "gru_backward": 4}
 
 
 @pytest.fixture(scope="module", params=device_params(*EMULATED_ORDERS))
