@@ -29,7 +29,9 @@
 //       `fresh` when has_e): dn = dh (1 - z)(1 - n^2) keep, dz = dh (h_prev - n) z (1 - z)
 //       keep, dr = dn hn r (1 - r); dGh_all[l] = [dr, dz, r dn] when has_all (the error
 //       at W h + bh); dGh_sum = its sum over the streams, gates <- [sum dr, sum dz,
-//       sum dn] (the error at U x + b); G[l] <- dh z (dh on masked rows).
+//       sum dn] (the error at U x + b); G[l] <- dh z (dh on masked rows); when has_x_all,
+//       dGx_all[l] = [dr, dz, dn] (each stream's error at U x + b, what a truncated
+//       stack sends to the layer below).
 //
 // One thread per (b, h) unit handles all the gates of that unit and, backward, walks
 // the L streams: it reads the unit's gate values, the states and keep once, writes each
@@ -152,7 +154,8 @@ __device__ void gru_forward(T* gates, const T* A, const T* bh, const T* h_prev, 
 template <typename T>
 __device__ void gru_backward(T* G, T* gates, const T* hn, const T* h_prev, const T* keep,
                              int has_keep, const T* e, int has_e, int fresh, T* dGh_all,
-                             int has_all, T* dGh_sum, int L, int n, int H) {
+                             int has_all, T* dGh_sum, T* dGx_all, int has_x_all, int L,
+                             int n, int H) {
     RNN_GRID_STRIDE_LOOP(unsigned, i, n) {
         const unsigned b = i / H, h = i - b * H;
         const unsigned o = 3u * H * b + h;
@@ -180,6 +183,12 @@ __device__ void gru_backward(T* G, T* gates, const T* hn, const T* h_prev, const
                 d[0] = dr;
                 d[H] = dz;
                 d[2u * H] = drn;
+            }
+            if (has_x_all) {
+                T* d = dGx_all + (long long)l * 3 * n + o;
+                d[0] = dr;
+                d[H] = dz;
+                d[2u * H] = dn;
             }
             s_r += dr;
             s_z += dz;
@@ -217,9 +226,10 @@ __device__ void gru_backward(T* G, T* gates, const T* hn, const T* h_prev, const
     extern "C" __global__ void __launch_bounds__(ELEM_BLOCK)                                \
     rnn_gru_backward_##SUFFIX(T* G, T* gates, const T* hn, const T* h_prev, const T* keep,  \
                               int has_keep, const T* e, int has_e, int fresh, T* dGh_all,   \
-                              int has_all, T* dGh_sum, int L, int n, int H) {               \
+                              int has_all, T* dGh_sum, T* dGx_all, int has_x_all, int L,    \
+                              int n, int H) {                                               \
         gru_backward<T>(G, gates, hn, h_prev, keep, has_keep, e, has_e, fresh, dGh_all,     \
-                        has_all, dGh_sum, L, n, H);                                          \
+                        has_all, dGh_sum, dGx_all, has_x_all, L, n, H);                      \
     }
 
 RNN_GATES(f32, float)

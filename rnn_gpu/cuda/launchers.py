@@ -834,12 +834,12 @@ class CudaOps:
              np.int32(H)))
 
     def gru_backward(self, G, gates, hn, h_prev, keep, e, fresh: int, dGh_all,
-                     dGh_sum) -> None:
+                     dGh_sum, dGx_all=None) -> None:
         """One GRU step of BPTT for all L streams: G (L, B, H) dL/dh' in, dh' z (dh' on
         masked rows) out; gates (B, 3H) r, z, n in, dL/d(U x + b) summed over the streams
         out; dGh_all (L, B, 3H) each stream's dL/d(W h + bh) (None for L = 1), dGh_sum
         (B, 3H) their sum; hn, h_prev (B, H); e (B, H) or None added to stream `fresh`
-        first."""
+        first; dGx_all (L, B, 3H) each stream's dL/d(U x + b), or None."""
         K = "gru_backward"
         dt, B, H = self._gate_state(K, "h_prev", h_prev, 3, G=G, gates=gates, hn=hn,
                                     dGh_sum=dGh_sum)
@@ -850,6 +850,9 @@ class CudaOps:
         keep, has_keep = self._keep(K, keep, B, dt)
         e, has_e, fresh = self._gate_error(K, e, fresh, L, B, H, dt)
         dGh_all, has_all = self._gate_all(K, "dGh_all", dGh_all, L, B, 3 * H, dt)
+        has_x_all = np.int32(0)
+        if dGx_all is not None:
+            dGx_all, has_x_all = self._gate_all(K, "dGx_all", dGx_all, L, B, 3 * H, dt)
         n = _count32(K, B * H)
         if n == 0:
             return
@@ -857,7 +860,8 @@ class CudaOps:
             (_blocks(n, ELEM_BLOCK),), (ELEM_BLOCK,),
             (G, gates, hn, h_prev, _keep_arg(keep, h_prev), has_keep,
              h_prev if e is None else e, has_e, fresh, dGh_sum if dGh_all is None else dGh_all,
-             has_all, dGh_sum, np.int32(L), n, np.int32(H)))
+             has_all, dGh_sum, dGh_sum if dGx_all is None else dGx_all, has_x_all,
+             np.int32(L), n, np.int32(H)))
 
     # ---------------------------------------------------------------------------------
     # The recurrence: a cuBLAS GEMM plus a fused pointwise kernel per step ("gemm"), or

@@ -334,7 +334,8 @@ def _mk_gru_backward(xp, rng, sz, dtype):
             _gate_acts(xp, rng, B, H, dtype, (False, False, True)),
             _rand(xp, rng, (B, H), dtype, -1.5, 1.5), _rand(xp, rng, (B, H), dtype),
             _keep(xp, rng, B, dtype), _rand(xp, rng, (B, H), dtype, -_ERR, _ERR), L // 2,
-            xp.empty((L, B, 3 * H), dtype=dtype), xp.empty((B, 3 * H), dtype=dtype))
+            xp.empty((L, B, 3 * H), dtype=dtype), xp.empty((B, 3 * H), dtype=dtype),
+            xp.empty((L, B, 3 * H), dtype=dtype))
 
 
 _GATES_LBH = {"quick": {"L": 3, "B": 33, "H": 257}, "full": {"L": 8, "B": 64, "H": 1024}}
@@ -358,8 +359,8 @@ _register(KernelSpec(
     doc="GRU step after its GEMM: reset and update gates, candidate, new state, with the "
         "mask"))
 _register(KernelSpec(
-    "gru_backward", "rnn_gates.cu", gru_backward, _mk_gru_backward, (0, 1, 7, 8),
-    flops=lambda z: 0.0, nbytes=lambda z: (5 * z["L"] + 12) * z["B"] * z["H"] * _F,
+    "gru_backward", "rnn_gates.cu", gru_backward, _mk_gru_backward, (0, 1, 7, 8, 9),
+    flops=lambda z: 0.0, nbytes=lambda z: (8 * z["L"] + 12) * z["B"] * z["H"] * _F,
     sizes=_GATES_LBH, cuda_versions=_FUSED("gru_backward"),
     doc="GRU step of BPTT for all L streams: the gates' derivatives at U x + b and at "
         "W h + bh, per stream and summed"))

@@ -150,10 +150,12 @@ def test_gru_backward_matches_twin(device, B, H, L, per_stream, masked, with_e, 
             _r(rng, dtype, B, H, lo=-1.5, hi=1.5), _r(rng, dtype, B, H), keep,
             _r(rng, dtype, B, H) if with_e else None, fresh,
             np.full((L, B, 3 * H), np.nan, dtype) if per_stream else None,
-            np.full((B, 3 * H), np.nan, dtype))
+            np.full((B, 3 * H), np.nan, dtype),
+            np.full((L, B, 3 * H), np.nan, dtype) if per_stream else None)  # dGx_all
     want = _twin(twins.gru_backward, args)
     got = _run(device, "gru_backward", args)
-    outs = ((0, "G"), (1, "gates"), (8, "dGh_sum")) + (((7, "dGh_all"),) if per_stream else ())
+    outs = ((0, "G"), (1, "gates"), (8, "dGh_sum")) + (
+        ((7, "dGh_all"), (9, "dGx_all")) if per_stream else ())
     for i, what in outs:
         _check(f"gru_backward {what}", got[i], want[i], TOL[dtype])
     if masked:  # masked rows pass dh' through whole, with no gate derivatives
