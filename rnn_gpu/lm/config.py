@@ -249,10 +249,11 @@ class TrainConfig:
         back to `path` unless `overrides` says otherwise."""
         defaults = cls()
         for k in RESUME_FIXED:  # a key older runs did not save has its default value
-            if k in overrides and overrides[k] != saved.get(k, getattr(defaults, k)):
+            was = saved.get(k, getattr(defaults, k))
+            if k in overrides and overrides[k] != was:
                 raise UsageError(
                     f"{flag(k)} {overrides[k]} differs from the checkpoint's "
-                    f"{saved.get(k)}; a resumed run keeps the checkpoint's value"
+                    f"{was}; a resumed run keeps the checkpoint's value"
                 )
         for k in ("data", "valid"):
             if overrides.get(k) is None and saved.get(k) and not Path(saved[k]).exists():
