@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..dist import DataParallel
-from ..errors import CheckpointError, DataError, TrainingDiverged
+from ..errors import CheckpointError, DataError, TrainingDiverged, UsageError
 from ..model import RNN
 from ..states import map_state
 from .checkpoint import Checkpoint, best_path, load_checkpoint
@@ -136,6 +136,11 @@ class Trainer:
                 self.model.params["U"][...] *= self.model.dtype.type(math.sqrt(cfg.hidden))  # +-1
         else:
             self.model = RNN.from_config(ck.model_config, backend=cfg.backend, params=ck.params)
+        cell = self.model.cell
+        if cell != "elman" and not hasattr(self.model.backend.ops, f"{cell}_forward"):
+            raise UsageError(f"{flag('cell')} {cell}: the {self.model.backend.name} backend's "
+                             f"kernel set has no {cell} kernels in this installation; train "
+                             f"it with {flag('backend')} numpy")
         self.optimizer = make_optimizer(cfg.optimizer, self.model.params, cfg.resolved_lr(),
                                         momentum=cfg.momentum, lr_scale=cfg.lr_scale())
         self.schedule = make_schedule(cfg.schedule, cfg.resolved_lr(), cfg.min_improvement)

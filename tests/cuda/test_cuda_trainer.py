@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rnn_gpu import to_numpy
+from rnn_gpu.errors import UsageError
 from rnn_gpu.lm import TrainConfig, Trainer
 from rnn_gpu.states import parts as state_parts
 
@@ -101,3 +102,14 @@ def test_gated_cells_train_graphed_as_eager_and_carry_their_state(device, tmp_pa
                                          backend=device.backend, max_steps=4)
     for a, b in zip(state_parts(back.state.hidden), gg):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+def test_a_gated_cell_without_its_kernels_is_a_clear_error(device, tmp_path):
+    """Until the CUDA kernel set has a cell's kernels, training that cell on it stops
+    before anything is written, naming --cell and the way out."""
+    if hasattr(device.backend.ops, "lstm_forward"):
+        pytest.skip("the CUDA kernel set has the gated cells' kernels")
+    with pytest.raises(UsageError, match=r"^--cell lstm: the cupy backend's kernel set has no "
+                                         r"lstm kernels .* --backend numpy"):
+        _trainer(tmp_path, device.backend, cell="lstm")
+    assert not (tmp_path / "c.npz").exists()
