@@ -15,7 +15,6 @@ from typing import Sequence
 
 from .backend import BACKENDS
 from .errors import RnnGpuError, UsageError
-from .model import PARAM_NAMES
 
 TRAIN_HELP = """\
 Train a language model. With no options: a character model of the documentation every
@@ -47,7 +46,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from .lm.config import (DEFAULT_CHECKPOINT, DEFAULT_TIME_BUDGET,  # noqa: PLC0415
                             OUTPUT_LAYERS, TrainConfig)
     from .model import DTYPES  # noqa: PLC0415
-    from .reference import ACTIVATIONS  # noqa: PLC0415
+    from .reference import ACTIVATIONS, CELLS  # noqa: PLC0415
 
     d = TrainConfig()
     g = p.add_argument_group("data")
@@ -60,7 +59,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"word level: vocabulary cap incl. <unk>, <eos> (default {d.vocab_size})")
     g = p.add_argument_group("model")
     g.add_argument("--hidden", type=int, metavar="H", help=f"hidden units (default {d.hidden})")
-    g.add_argument("--activation", choices=ACTIVATIONS, help="hidden nonlinearity (default tanh)")
+    g.add_argument("--cell", choices=CELLS,
+                   help="recurrent cell: elman (default), gru or lstm (PyTorch's nn.GRU and "
+                        "nn.LSTM equations and gate layouts; an LSTM carries the pair (h, c))")
+    g.add_argument("--activation", choices=ACTIVATIONS,
+                   help="hidden nonlinearity of an Elman cell (default tanh; a gated cell "
+                        "has its own)")
     g.add_argument("--input-init", choices=INPUT_INITS,
                    help="embedding (default): U starts in +-1 and, with adam/adagrad, learns "
                         "--input-lr-scale times faster; uniform: the RNN's +-1/sqrt(H) and one rate")
@@ -68,7 +72,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="multiplier of U's learning rate (default 2*sqrt(H) with the embedding "
                         "init and adam/adagrad, else 1)")
     g.add_argument("--layers", type=int, metavar="N",
-                   help=f"stacked Elman layers (default {d.layers})")
+                   help=f"stacked recurrent layers (default {d.layers})")
     g.add_argument("--bidirectional", action="store_true",
                    help="a reverse direction in every layer (refused: a language model "
                         "cannot read the tokens it predicts; for the Python API)")
@@ -137,7 +141,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__  # noqa: PLC0415
 
-    p = _Parser(prog="rnn-gpu", description="Elman RNNs trained with exact BPTT, on a GPU (CuPy) or CPU (NumPy).")
+    p = _Parser(prog="rnn-gpu", description="RNNs (Elman, GRU, LSTM) trained with exact BPTT, "
+                "on a GPU (CuPy) or CPU (NumPy).")
     p.add_argument("--version", action="version", version=f"rnn-gpu {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -178,10 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
 
+    from .reference import CELLS  # noqa: PLC0415
+
     g = sub.add_parser("gradcheck", help="check BPTT gradients against finite differences",
                        description="Check the engine's gradients against central differences "
-                       "on small random float64 models, for every activation, output and truncation.")
+                       "on small random float64 models of one cell, for every activation "
+                       "(an Elman cell's), output and truncation.")
     g.add_argument("--backend", choices=BACKENDS, default="auto")
+    g.add_argument("--cell", choices=CELLS, default="elman",
+                   help="the recurrent cell of the models checked (default elman)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--tolerance", type=float, default=1e-6, help="largest relative error accepted (default 1e-6)")
     g.set_defaults(func=cmd_gradcheck)
@@ -329,24 +339,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def gradcheck_cases():
-    """(activation, output, truncate) for every combination the engine offers."""
+def gradcheck_cases(cell: str = "elman"):
+    """(activation, output, truncate) for every combination the engine offers a model of
+    `cell` (a gated cell's activations are its own: tanh stands for them)."""
     from .reference import ACTIVATIONS, OUTPUTS  # noqa: PLC0415
 
-    return [(a, o, t) for a in ACTIVATIONS for o in OUTPUTS for t in (None, 2)]
+    acts = ACTIVATIONS if cell == "elman" else ("tanh",)
+    return [(a, o, t) for a in acts for o in OUTPUTS for t in (None, 2)]
 
 
-def run_gradchecks(backend: str = "auto", seed: int = 0) -> list[dict]:
-    """Gradient check of a small random float64 model per case; one row per case."""
+def run_gradchecks(backend: str = "auto", seed: int = 0, cell: str = "elman") -> list[dict]:
+    """Gradient check of a small random float64 model of `cell` per case; one row per
+    case, with the max relative error of each parameter (the model's names)."""
     import numpy as np  # noqa: PLC0415
 
     from . import RNN, gradcheck  # noqa: PLC0415
 
     I, H, O, T, B = 5, 4, 3, 6, 2
     rows = []
-    for k, (act, out, trunc) in enumerate(gradcheck_cases()):
+    for k, (act, out, trunc) in enumerate(gradcheck_cases(cell)):
         rng = np.random.default_rng(seed + k)
-        m = RNN(I, H, O, backend=backend, dtype="float64", seed=seed + k,
+        m = RNN(I, H, O, backend=backend, dtype="float64", seed=seed + k, cell=cell,
                 hidden_activation=act, output=out)
         for v in m.params.values():  # non-zero biases and larger weights exercise every term
             v[...] = m.backend.asarray(rng.uniform(-0.6, 0.6, size=v.shape))
@@ -358,7 +371,10 @@ def run_gradchecks(backend: str = "auto", seed: int = 0) -> list[dict]:
         else:
             y = rng.normal(size=(T, B, O))
         h0 = rng.uniform(-0.5, 0.5, size=(B, H))
+        if cell == "lstm":  # the pair (h0, c0)
+            h0 = (h0, rng.uniform(-0.5, 0.5, size=(B, H)))
         errs = gradcheck(m, x, y, h0=h0, truncate=trunc)
+        errs = {n: errs[n] for n in m.param_names}  # the model's order
         rows.append({"activation": act, "output": out, "truncate": trunc, **errs,
                      "max": max(errs.values())})
     return rows
@@ -372,10 +388,10 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     from .backend import get_backend  # noqa: PLC0415
 
     be = get_backend(args.backend)
-    rows = run_gradchecks(be.name, args.seed)
-    names = PARAM_NAMES
-    table = Table(title=f"gradient check (float64, {be.name}): max relative error, "
-                  "BPTT vs central differences", box=box.SIMPLE_HEAD)
+    rows = run_gradchecks(be.name, args.seed, args.cell)
+    names = [k for k in rows[0] if k not in ("activation", "output", "truncate", "max")]
+    table = Table(title=f"gradient check ({args.cell} cell, float64, {be.name}): max relative "
+                  "error, BPTT vs central differences", box=box.SIMPLE_HEAD)
     for col in ("activation", "output", "truncate", *names, "result"):
         table.add_column(col, justify="left" if col in ("activation", "output") else "right",
                          no_wrap=True)
@@ -383,11 +399,11 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     for r in rows:
         ok = r["max"] <= args.tolerance
         failed += not ok
-        table.add_row(r["activation"], r["output"], "-" if r["truncate"] is None else str(r["truncate"]),
+        table.add_row(r["activation"] if args.cell == "elman" else "-", r["output"], "-" if r["truncate"] is None else str(r["truncate"]),
                       *(f"{r[n]:.1e}" for n in names), "ok" if ok else "FAIL")
     console = Console(highlight=False)
     if not console.is_terminal:
-        console = Console(highlight=False, width=100)
+        console = Console(highlight=False, width=100 + 10 * max(0, len(names) - 5))
     console.print(table)
     console.print(f"{len(rows) - failed} of {len(rows)} cases within {args.tolerance:g}")
     return 1 if failed else 0
@@ -421,23 +437,28 @@ def _checkpoint_report(path: str) -> list[tuple[str, str]]:
 
     from . import __version__  # noqa: PLC0415
     from .lm.checkpoint import best_path, load_checkpoint  # noqa: PLC0415
+    from .lm.report import hidden_label, model_label  # noqa: PLC0415
 
     ck = load_checkpoint(path, with_model=False)
     m, meta = ck.model_config, ck.meta
+    cell = m.get("cell", "elman")  # a record without one: an Elman model
+    n_layers = int(m.get("num_layers", 1))
+    layers = f" x {n_layers} layers" if n_layers > 1 else ""
     n_params = sum(int(v.size) for v in ck.params.values())
     rows = [
         ("checkpoint", str(ck.path)),
         ("format version", f"{meta.get('format_version')} (written by rnn-gpu "
                            f"{meta.get('rnn_gpu_version', '?')}; this is rnn-gpu {__version__})"),
-        ("model", f"RNN {m['input_size']} -> {m['hidden_size']} hidden "
-                  f"({m.get('hidden_activation', 'tanh')}) -> {m['output_size']} "
-                  f"({m.get('output', 'softmax')}), {m.get('dtype', 'float32')}, "
-                  f"{n_params:,} parameters"),
+        ("model", f"{model_label(cell)} {m['input_size']} -> {m['hidden_size']} hidden"
+                  f"{hidden_label(cell, m.get('hidden_activation', 'tanh'))}{layers} -> "
+                  f"{m['output_size']} ({m.get('output', 'softmax')}), "
+                  f"{m.get('dtype', 'float32')}, {n_params:,} parameters"),
+        ("cell", f"{cell}" + (" (state: the pair h, c)" if cell == "lstm" else "")),
         ("vocabulary", "none" if ck.vocab is None else f"{len(ck.vocab)} {ck.vocab.level} tokens"),
     ]
     cfg, st = ck.train_config, ck.train_state
     if cfg:
-        keys = ("data", "valid", "level", "hidden", "batch_size", "bptt", "truncate",
+        keys = ("data", "valid", "level", "hidden", "cell", "batch_size", "bptt", "truncate",
                 "optimizer", "lr", "clip", "dropout", "schedule", "seed")
         rows.append(("training config", ", ".join(
             [f"data {cfg.get('data') or 'the built-in corpus'}"]

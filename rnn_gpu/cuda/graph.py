@@ -8,7 +8,8 @@ truncation, mask) with CuPy stream capture, then replays it with one launch.
 How it stays correct:
 
 * Inputs (ids or dense x, targets, h0, keep) are copied into static buffers owned by the
-  step; the graph reads those addresses. Parameters and gradients are read and written at
+  step; the graph reads those addresses. An LSTM's initial state is the pair (h0, c0):
+  two static buffers, each of the engine's ``state_shape``. Parameters and gradients are read and written at
   the addresses of the arrays seen at capture, so in-place optimizer updates are seen by
   every replay; if a call passes parameter arrays at other addresses, the step is
   recaptured.
@@ -34,6 +35,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..states import from_parts, is_pair
+from ..states import parts as state_parts
+
 
 class GraphedStep:
     """One captured training step of `engine` for a fixed shape.
@@ -42,7 +46,9 @@ class GraphedStep:
     dense: float inputs (T, B, I) instead of token ids (T, B); truncate: None or k >= 0 as
     in ``loss_and_grads``; masked: whether calls pass a keep mask (T, B); dropout: whether
     calls pass dropout multipliers (the engine's ``dropout_shape``: (T, B, H) for one
-    layer). Stacks and both directions are captured as they run eagerly.
+    layer). Stacks and both directions are captured as they run eagerly. The initial
+    state is one array of ``engine.state_shape(B)``, or for an LSTM a pair (h0, c0) of
+    them (:attr:`h0` is then a pair of static buffers too).
     """
 
     def __init__(self, engine, T: int, B: int, dense: bool, truncate: int | None,
@@ -65,7 +71,9 @@ class GraphedStep:
                   else cp.zeros((T, B), dtype=cp.int32))
         self.y = (cp.zeros((T, B), dtype=cp.int32) if engine.output in ("softmax", "adaptive")
                   else cp.zeros((T, B, O), dtype=dt))
-        self.h0 = cp.zeros(engine.state_shape(B), dtype=dt)
+        self.pair = getattr(engine, "cell", "elman") == "lstm"  # the state is (h, c)
+        self.h0 = from_parts([cp.zeros(engine.state_shape(B), dtype=dt)
+                              for _ in range(2 if self.pair else 1)], self.pair)
         self.keep = cp.ones((T, B), dtype=dt) if masked else None
         self.drop = cp.ones(engine.dropout_shape(T, B), dtype=dt) if dropout else None
         self.stream = cp.cuda.Stream(non_blocking=True)
@@ -87,13 +95,7 @@ class GraphedStep:
             raise ValueError(f"y: expected shape {tuple(self.y.shape)}, got {tuple(y.shape)}")
         cp.copyto(self.x, cp.asarray(x), casting="unsafe")
         cp.copyto(self.y, cp.asarray(y), casting="unsafe")
-        if h0 is None:
-            self.h0.fill(0)
-        else:
-            if tuple(h0.shape) != tuple(self.h0.shape):
-                raise ValueError(f"h0: expected shape {tuple(self.h0.shape)}, got "
-                                 f"{tuple(h0.shape)}")
-            cp.copyto(self.h0, cp.asarray(h0), casting="unsafe")
+        self._load_state(h0)
         if self.masked:
             if keep is None:
                 self.keep.fill(1)  # no mask: every step is real
@@ -115,6 +117,28 @@ class GraphedStep:
         elif drop is not None:
             raise ValueError("drop: expected None for a step captured with dropout=False, got "
                              "an array (make a GraphedStep with dropout=True)")
+
+    def _load_state(self, h0) -> None:
+        """Copy the initial state (None: zeros; an LSTM's pair (h0, c0)) into the static
+        buffer(s)."""
+        cp = self.xp
+        bufs = state_parts(self.h0)
+        if h0 is None:
+            for buf in bufs:
+                buf.fill(0)
+            return
+        if is_pair(h0) != self.pair or len(state_parts(h0)) != len(bufs):
+            want = (f"a pair (h0, c0) of arrays of shape {tuple(bufs[0].shape)} (an LSTM's "
+                    "state)" if self.pair else f"one array of shape {tuple(bufs[0].shape)}")
+            got = (f"a {type(h0).__name__} of {len(h0)}" if is_pair(h0)
+                   else f"an array of shape {tuple(h0.shape)}")
+            raise ValueError(f"h0: expected {want}, got {got}")
+        for name, buf, a in zip(("h0", "c0"), bufs, state_parts(h0)):
+            if a is None or tuple(a.shape) != tuple(buf.shape):
+                got = "None" if a is None else f"shape {tuple(a.shape)}"
+                raise ValueError(f"{name}: expected shape {tuple(buf.shape)}, got {got}")
+        for buf, a in zip(bufs, state_parts(h0)):
+            cp.copyto(buf, cp.asarray(a), casting="unsafe")
 
     def _step(self, params) -> None:
         """The engine's step on the static buffers (no host sync)."""

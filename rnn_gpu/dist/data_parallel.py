@@ -2,7 +2,7 @@
 
 With N ranks and a global batch of B streams, rank r owns the streams
 ``[r*B/N, (r+1)*B/N)`` of the single-process column layout: it trains on those columns,
-carries their hidden states (B/N, H), and draws the dropout multipliers of the whole
+carries their hidden states (B/N, H; an LSTM's h and c), and draws the dropout multipliers of the whole
 (T, B, H) batch from the run's random stream (the same on every rank) to take its slice.
 So each stream sees the same data, state and mask at any N.
 
@@ -26,6 +26,8 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..errors import RnnGpuError, UsageError
+from ..states import from_parts, is_pair, map_state
+from ..states import parts as state_parts
 from .comm import Communicator, LocalCommunicator, sum_in_rank_order, world
 
 META = 3  # float64 (loss, rank's clock in seconds, interrupted) after the gradients
@@ -103,10 +105,11 @@ class DataParallel:
 
     def local_hidden(self, hidden):
         """This rank's streams of a state restored from a checkpoint (or None): the
-        streams are the next-to-last axis of (B, H) and of a stack's (L*D, B, H)."""
+        streams are the next-to-last axis of (B, H) and of a stack's (L*D, B, H); an
+        LSTM's pair (h, c) is split element by element."""
         if hidden is None or not self.active:
             return hidden
-        return hidden[..., self.lo:self.hi, :].copy()
+        return map_state(lambda a: a[..., self.lo:self.hi, :].copy(), hidden)
 
     def local_dropout(self, drop):
         """This rank's streams of the dropout multipliers drawn for the whole batch, (T, B, H)
@@ -197,14 +200,18 @@ class DataParallel:
                 f"{', '.join(f'rank {r}: {s[:12]}' for r, s in enumerate(sums))}); stopping")
 
     def full_hidden(self, hidden, backend):
-        """The (B, H) states of all streams, gathered to rank 0 in stream order (None on
-        the other ranks, and when no state is carried); the identity with one rank."""
+        """The states of all streams ((B, H), a stack's (L*D, B, H), an LSTM's pair of
+        those), gathered to rank 0 in stream order (None on the other ranks, and when no
+        state is carried); the identity with one rank. One collective for either form."""
         if not self.active:
             return hidden
-        parts = self.comm.gather(None if hidden is None else to_numpy(hidden))
+        parts = self.comm.gather(None if hidden is None else
+                                 tuple(to_numpy(a) for a in state_parts(hidden)))
         if parts is None or parts[0] is None:
             return None
-        return backend.asarray(np.concatenate(parts, axis=-2))  # streams: the next-to-last axis
+        # streams: the next-to-last axis of every element
+        whole = [backend.asarray(np.concatenate(p, axis=-2)) for p in zip(*parts)]
+        return from_parts(whole, is_pair(hidden))
 
     def root_verdict(self, check) -> None:
         """Run `check()` on rank 0 only and share its verdict: the error it raised (an

@@ -17,7 +17,8 @@ model is written as version 1, exactly as before:
                        (``RNN.config_param_shapes``)
 ``optim/<slot>/<p>``   optimizer state, e.g. ``optim/exp_avg/W``
 ``state/<name>``       other training state, e.g. ``state/hidden`` (B, H), the hidden state
-                       carried into the next chunk
+                       carried into the next chunk (an LSTM's h, with its c in
+                       ``state/hidden_c``)
 =====================  ===================================================================
 
 Files are written atomically: to a temporary file in the same directory, flushed and

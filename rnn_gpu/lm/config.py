@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..reference import ACTIVATIONS, CELLS
 from .checkpoint import best_path, probe_writable
 from .checks import expect, is_int, is_real, non_negative_number, one_of, positive_int, positive_number
 from .data import LEVELS, check_trainable
@@ -31,7 +32,7 @@ INPUT_INITS = ("embedding", "uniform")
 RESUME_FIXED = (
     "level", "vocab_size", "valid_fraction", "hidden", "batch_size", "bptt", "activation",
     "dtype", "seed", "optimizer", "momentum", "schedule", "min_improvement", "input_init",
-    "input_lr_scale", "output", "cutoffs", "div_value", "layers",
+    "input_lr_scale", "output", "cutoffs", "div_value", "layers", "cell",
 )
 OUTPUT_LAYERS = ("softmax", "adaptive")  # the training application's output layers
 STOPS = ("epochs", "max_steps", "time_budget")
@@ -54,8 +55,9 @@ class TrainConfig:
     vocab_size: int = 10000  # word level: cap, including <unk> and <eos>
     # model
     hidden: int = 128
-    activation: str = "tanh"
-    layers: int = 1  # stacked Elman layers (PyTorch's num_layers)
+    cell: str = "elman"  # "elman", "gru" or "lstm" (PyTorch's gate layouts)
+    activation: str = "tanh"  # Elman only: a gated cell has its own (sigmoid and tanh)
+    layers: int = 1  # stacked recurrent layers (PyTorch's num_layers)
     bidirectional: bool = False  # refused for language modelling: it would read the future
     output: str = "softmax"  # or "adaptive": the exact adaptive softmax (word level)
     cutoffs: tuple[int, ...] | None = None  # adaptive: None = heads.default_cutoffs(vocab)
@@ -110,7 +112,8 @@ class TrainConfig:
         """The RNN's configuration (``RNN.from_config``) for a vocabulary of `vocab_size`."""
         cfg = {"input_size": vocab_size, "hidden_size": self.hidden, "output_size": vocab_size,
                "dtype": self.dtype, "hidden_activation": self.activation, "output": self.output,
-               "seed": self.seed, "num_layers": self.layers, "bidirectional": False}
+               "seed": self.seed, "cell": self.cell, "num_layers": self.layers,
+               "bidirectional": False}
         if self.output == "adaptive":
             from ..heads import check_adaptive, default_cutoffs  # noqa: PLC0415
 
@@ -159,6 +162,12 @@ class TrainConfig:
         if self.input_lr_scale is not None:
             positive_number("--input-lr-scale", self.input_lr_scale)
         one_of("--input-init", self.input_init, INPUT_INITS)
+        one_of("--cell", self.cell, CELLS)
+        one_of("--activation", self.activation, ACTIVATIONS)
+        if self.cell != "elman" and self.activation != "tanh":
+            raise UsageError(f"--activation {self.activation}: the {self.cell.upper()} cell has "
+                             "its own gate activations (sigmoid and tanh); --activation "
+                             "applies to --cell elman only")
         if self.bidirectional:
             raise UsageError("--bidirectional: a language model cannot have a reverse "
                              "direction, which would read the tokens it is to predict")
@@ -238,11 +247,13 @@ class TrainConfig:
         `overrides`: they may change how long and where it goes on, but not RESUME_FIXED;
         any of epochs, max_steps, time_budget replaces all three saved ones; it writes
         back to `path` unless `overrides` says otherwise."""
-        for k in RESUME_FIXED:
-            if k in overrides and overrides[k] != saved.get(k):
+        defaults = cls()
+        for k in RESUME_FIXED:  # a key older runs did not save has its default value
+            was = saved.get(k, getattr(defaults, k))
+            if k in overrides and overrides[k] != was:
                 raise UsageError(
                     f"{flag(k)} {overrides[k]} differs from the checkpoint's "
-                    f"{saved.get(k)}; a resumed run keeps the checkpoint's value"
+                    f"{was}; a resumed run keeps the checkpoint's value"
                 )
         for k in ("data", "valid"):
             if overrides.get(k) is None and saved.get(k) and not Path(saved[k]).exists():

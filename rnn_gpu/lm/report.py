@@ -10,6 +10,16 @@ from .data import corpus_summary
 from .metrics import perplexity
 
 
+def model_label(cell: str) -> str:
+    """How reports name a model of `cell`: ``RNN`` (Elman), ``GRU`` or ``LSTM``."""
+    return "RNN" if cell == "elman" else cell.upper()
+
+
+def hidden_label(cell: str, activation: str = "tanh") -> str:
+    """The hidden layer's note: an Elman cell's activation, or nothing for a gated cell."""
+    return f" ({activation})" if cell == "elman" else ""
+
+
 def require_matplotlib(what: str = "plot_history") -> None:
     """UsageError, saying how to install it, when matplotlib is missing; `what` names
     the thing that needs it."""
@@ -68,7 +78,8 @@ class Report:
         resumed = f" (resuming at step {step}, epoch {epoch})" if step else ""
         self.line(f"corpus: {corpus_summary(corpus)}")
         self.line(
-            f"model: RNN {v} -> {cfg.hidden} ({cfg.activation})"
+            f"model: {model_label(cfg.cell)} {v} -> {cfg.hidden}"
+            f"{hidden_label(cfg.cell, cfg.activation)}"
             f"{f' x {cfg.layers} layers' if cfg.layers > 1 else ''} -> {v}"
             f"{' (adaptive softmax)' if cfg.output == 'adaptive' else ''}, "
             f"{np.dtype(model.dtype).name}, backend {model.backend.name} ({model.backend.device})"

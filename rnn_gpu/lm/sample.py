@@ -68,13 +68,12 @@ def sample(
         )
     rng = rng if rng is not None else np.random.default_rng(seed)
     be = model.backend
-    xp = be.xp
     if prime:
         ids = prime_ids(vocab, prime)
     else:
         start = "\n" if vocab.level == "char" else EOS
         ids = [vocab.stoi.get(start, 0)]
-    h = xp.zeros(model.state_shape(1), dtype=model.dtype)
+    h = None  # a zero state to start; then the model's own (an LSTM's (h, c))
     logits = None
     for i in ids:
         logits, h = model.step(be.asarray(np.array([i], dtype=np.int32)), h)

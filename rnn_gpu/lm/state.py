@@ -6,6 +6,11 @@ A checkpoint of a run holds the model (parameters and configuration), the vocabu
 the :class:`RunState`: the position in the data, the hidden state carried into the next
 chunk, the random stream (dropout, sampling), the history of evaluations, and the
 Mikolov schedule's copy of the previous weights.
+
+The carried state is stored as ``state/hidden`` (:meth:`rnn_gpu.RNN.state_shape`); an
+LSTM's is the pair (h, c), stored as ``state/hidden`` (h, so that the entry means the
+same for every cell) and ``state/hidden_c`` (c, the same shape). Elman and GRU runs have
+no ``state/hidden_c``.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
+from ..states import is_pair
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import TrainConfig
 
@@ -29,7 +35,9 @@ class RunState:
     step: int = 0  # optimizer steps since the start of the run
     epoch: int = 0  # completed epochs
     chunk: int = 0  # next chunk of the current epoch
-    hidden: Any = None  # (B, H) backend array carried into the next chunk; None: zeros
+    # the state carried into the next chunk (RNN.state_shape: (B, H) for one layer), an
+    # LSTM's the pair (h, c); backend arrays; None: zeros
+    hidden: Any = None
     elapsed: float = 0.0  # training seconds before the current call of fit()
     tokens: int = 0  # training tokens since the start of the run
     history: list[dict] = field(default_factory=list)  # one record per evaluation
@@ -50,7 +58,9 @@ class RunState:
             "rng": self.rng.bit_generator.state, "history": self.history,
         }
         arrays: dict[str, Any] = {}
-        if self.hidden is not None:
+        if is_pair(self.hidden):  # an LSTM's (h, c)
+            arrays["hidden"], arrays["hidden_c"] = self.hidden
+        elif self.hidden is not None:
             arrays["hidden"] = self.hidden
         if self.prev_params is not None:
             arrays.update({f"prev_{k}": v for k, v in self.prev_params.items()})
@@ -63,9 +73,14 @@ class RunState:
         rng = np.random.default_rng()
         rng.bit_generator.state = record["rng"]
         be, dt = model.backend, model.dtype
-        hidden = arrays.get("hidden")
+        problem = hidden_problem(arrays, model)
+        if problem:
+            raise ValueError(problem)
+        hidden, cell = arrays.get("hidden"), arrays.get("hidden_c")
         if hidden is not None:
             hidden = be.asarray(hidden, dtype=dt)
+            if model.cell == "lstm":
+                hidden = (hidden, be.asarray(cell, dtype=dt))
         prev = {k[len("prev_"):]: be.asarray(v, dtype=dt) for k, v in arrays.items()
                 if k.startswith("prev_")}
         return cls(
@@ -74,6 +89,27 @@ class RunState:
             tokens=int(record.get("tokens", 0)), history=list(record.get("history", [])),
             prev_params=prev or None,
         )
+
+
+def hidden_problem(arrays: dict[str, np.ndarray], model, batch_size: int | None = None) -> str:
+    """What is wrong with the carried state among a checkpoint's `arrays` (``state/...``)
+    for `model` (and, when given, `batch_size` streams), or "" when nothing is."""
+    h, c = arrays.get("hidden"), arrays.get("hidden_c")
+    lstm = model.cell == "lstm"
+    if c is not None and not lstm:
+        return (f"it holds an LSTM cell state (state/hidden_c) but the model is a "
+                f"{model.cell} model, whose state is one array")
+    if lstm and (h is None) != (c is None):
+        have, lack = ("hidden", "hidden_c") if c is None else ("hidden_c", "hidden")
+        return (f"the LSTM's carried state (h, c) is half there: state/{have} without "
+                f"state/{lack}")
+    if batch_size is not None:
+        want = model.state_shape(batch_size)
+        for name, what, a in (("hidden", "hidden state", h), ("hidden_c", "cell state", c)):
+            if a is not None and tuple(a.shape) != want:
+                return (f"{what} has shape {tuple(a.shape)}, expected {want} "
+                        f"(state/{name}, {batch_size} streams)")
+    return ""
 
 
 def save_run(path: str | Path, *, model, vocab, config: TrainConfig, state: RunState, optimizer,
@@ -101,9 +137,9 @@ def restore_run(ck: Checkpoint, *, model, config: TrainConfig, optimizer, schedu
         optimizer.lr = schedule.lr
         if config.lr is not None and config.lr != ck.train_config.get("lr"):
             optimizer.lr = schedule.lr = float(config.lr)  # explicit change
-        h = ck.state.get("hidden")
-        if h is not None and h.shape != model.state_shape(config.batch_size):
-            raise CheckpointError(f"checkpoint {ck.path}: hidden state has shape {h.shape}")
+        problem = hidden_problem(ck.state, model, config.batch_size)
+        if problem:
+            raise CheckpointError(f"checkpoint {ck.path}: {problem}")
         return RunState.from_checkpoint(ck.train_state, ck.state, model=model)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {ck.path}: training state is incomplete ({e})") from None

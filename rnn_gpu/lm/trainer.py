@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from ..dist import DataParallel
-from ..errors import CheckpointError, DataError, TrainingDiverged
+from ..errors import CheckpointError, DataError, TrainingDiverged, UsageError
 from ..model import RNN
+from ..states import map_state
 from .checkpoint import Checkpoint, best_path, load_checkpoint
 from .config import TrainConfig, diverged_advice, flag
 from .data import Corpus, batchify, get_chunk, load_corpus, n_chunks
@@ -135,6 +136,11 @@ class Trainer:
                 self.model.params["U"][...] *= self.model.dtype.type(math.sqrt(cfg.hidden))  # +-1
         else:
             self.model = RNN.from_config(ck.model_config, backend=cfg.backend, params=ck.params)
+        cell = self.model.cell
+        if cell != "elman" and not hasattr(self.model.backend.ops, f"{cell}_forward"):
+            raise UsageError(f"{flag('cell')} {cell}: the {self.model.backend.name} backend's "
+                             f"kernel set has no {cell} kernels in this installation; train "
+                             f"it with {flag('backend')} numpy")
         self.optimizer = make_optimizer(cfg.optimizer, self.model.params, cfg.resolved_lr(),
                                         momentum=cfg.momentum, lr_scale=cfg.lr_scale())
         self.schedule = make_schedule(cfg.schedule, cfg.resolved_lr(), cfg.min_improvement)
@@ -175,7 +181,7 @@ class Trainer:
         """Write a checkpoint of the current state (atomically) to `path` or config.out.
         Under MPI every rank calls it; rank 0 writes the states of all streams."""
         state = self.state
-        if self.dist.active:  # the (B, H) states of all ranks' streams, on rank 0
+        if self.dist.active:  # the states of all ranks' streams (an LSTM's h and c), on rank 0
             self.dist.gather_optimizer(self.optimizer)
             state = dataclasses.replace(state, hidden=self.dist.full_hidden(state.hidden,
                                                                             self.model.backend))
@@ -235,7 +241,7 @@ class Trainer:
                 self._diverged(f"gradient norm became non-finite at step {st.step + 1}")
         else:
             self._update(grads, inv, gpu)
-        st.hidden = h.copy()  # the engine reuses its output buffers
+        st.hidden = map_state(lambda a: a.copy(), h)  # (an LSTM's (h, c)) never a buffer reused
         st.step += 1
         st.chunk += 1
         st.tokens += ntok

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rnn_gpu import reference, to_numpy
+from rnn_gpu.states import parts as state_parts
 
 from ..helpers import H, I, O, cuda_device, cuda_model, device_params, make_problem, randomize
 
@@ -28,16 +29,27 @@ def device(request):
 
 
 def _snapshot(result):
+    """(loss, grads, the last state's arrays: (h,) or an LSTM's (h, c)) on the host."""
     loss, grads, h = result
-    return loss, {k: to_numpy(v).copy() for k, v in grads.items()}, to_numpy(h).copy()
+    return (loss, {k: to_numpy(v).copy() for k, v in grads.items()},
+            tuple(to_numpy(a).copy() for a in state_parts(h)))
 
 
 def _poison(m, step):
     """NaN into every buffer the step writes, so that a replay that did nothing shows."""
     for g in m._engine.grads.values():
         g.fill(np.nan)
-    step.ws.S.fill(np.nan)
+    for S in step.ws.states + (getattr(step.ws, "cstates", None) or []):  # every layer's h (and an LSTM's c)
+        S.fill(np.nan)
     step.ws.loss.fill(np.nan)
+
+
+def _needs_gated_kernels(device):
+    """Skip, saying why, while the CUDA kernel set has no gated cells (they come with the
+    kernels' own change); the tests then run as they are."""
+    if not hasattr(device.backend.ops, "lstm_forward"):
+        pytest.skip(f"the CUDA kernel set ({type(device.backend.ops).__name__}) has no "
+                    "lstm_forward yet: the gated cells' kernels are not in this tree")
 
 
 def _batches(m, output, dense, masked, with_h0, drop):
@@ -57,7 +69,9 @@ def _batches(m, output, dense, masked, with_h0, drop):
 
 def _assert_same(got, want, what):
     assert got[0] == want[0], f"{what}: loss {got[0]!r} != {want[0]!r}"
-    np.testing.assert_array_equal(got[2], want[2], err_msg=f"{what}: h_last")
+    assert len(got[2]) == len(want[2]), f"{what}: h_last is not of the same form"
+    for name, a, b in zip(("h_last", "c_last"), got[2], want[2]):
+        np.testing.assert_array_equal(a, b, err_msg=f"{what}: {name}")
     for k in want[1]:
         np.testing.assert_array_equal(got[1][k], want[1][k], err_msg=f"{what}: d{k}")
 
@@ -167,4 +181,58 @@ def test_stacks_capture_and_replay(device, layers, bi, out):
         _poison(m, step)
         got = _snapshot(step(m.params, xb, yb, h0b, keep, m.backend.asarray(d, m.dtype)))
         _assert_same(got, want, f"{layers} layers, bidirectional={bi}")
+    assert step.capture_allocations == 0 and step.replays == 2
+
+
+def test_an_lstm_step_loads_its_state_pair_into_two_static_buffers(device):
+    """Runs without the gated kernels: the static (h0, c0) buffers and their checks."""
+    m = cuda_model(device, *SIZES, cell="lstm", dtype="float64")
+    step = m.captured_step(T, B)
+    shape = m.state_shape(B)
+    assert isinstance(step.h0, tuple) and len(step.h0) == 2 and step.h0[0] is not step.h0[1]
+    assert all(tuple(b.shape) == shape for b in step.h0)
+    rng = np.random.default_rng(0)
+    h, c = rng.uniform(-1, 1, shape), rng.uniform(-1, 1, shape)
+    x = m.backend.asarray(rng.integers(0, I, (T, B)).astype(np.int32))
+    y = m.backend.asarray(rng.integers(0, O, (T, B)).astype(np.int32))
+    step._load(x, y, (m.backend.asarray(h), m.backend.asarray(c)), None, None)
+    np.testing.assert_array_equal(to_numpy(step.h0[0]), h)
+    np.testing.assert_array_equal(to_numpy(step.h0[1]), c)
+    step._load(x, y, None, None, None)  # no state: zeros in both
+    assert not to_numpy(step.h0[0]).any() and not to_numpy(step.h0[1]).any()
+    with pytest.raises(ValueError, match=r"h0: expected a pair \(h0, c0\) of arrays of shape "
+                                         r"\(3, 4\) \(an LSTM's state\), got an array"):
+        step._load(x, y, m.backend.asarray(h), None, None)
+    with pytest.raises(ValueError, match=r"c0: expected shape \(3, 4\), got shape \(2, 4\)"):
+        step._load(x, y, (m.backend.asarray(h), m.backend.asarray(c[:2])), None, None)
+    elman = cuda_model(device, *SIZES, dtype="float64").captured_step(T, B)
+    with pytest.raises(ValueError, match=r"h0: expected one array of shape \(3, 4\), got a "
+                                         r"tuple of 2"):
+        elman._load(x, y, (m.backend.asarray(h), m.backend.asarray(c)), None, None)
+
+
+@pytest.mark.parametrize("cell,layers,trunc", [("lstm", 1, None), ("lstm", 2, 2),
+                                               ("gru", 1, 1), ("gru", 2, None)])
+def test_gated_cells_capture_and_replay(device, cell, layers, trunc):
+    """GRU and LSTM steps (an LSTM's h0 a pair of static buffers), captured and replayed:
+    the bits of the eager step."""
+    _needs_gated_kernels(device)
+    m = randomize(cuda_model(device, *SIZES, dtype="float64", cell=cell, num_layers=layers),
+                  scale=0.4)
+    step = m.captured_step(T, B, truncate=trunc, masked=True, dropout=True)
+    rng = np.random.default_rng(5)
+    for seed in (0, 1):
+        x, y, _, mask = make_problem("softmax", False, True, False, T=T, B=B, seed=seed,
+                                     sizes=SIZES)
+        shape = m.state_shape(B)
+        h0 = rng.uniform(-0.5, 0.5, shape)
+        if cell == "lstm":
+            h0 = (h0, rng.uniform(-0.5, 0.5, shape))
+        d = (rng.random(m.dropout_shape(T, B)) > 0.3) / 0.7
+        want = _snapshot(m.loss_and_grads(x, y, h0=h0, truncate=trunc, mask=mask, dropout=d))
+        assert len(want[2]) == (2 if cell == "lstm" else 1)
+        xb, yb, h0b, keep = m._prepare(x, y, h0, mask)
+        _poison(m, step)
+        got = _snapshot(step(m.params, xb, yb, h0b, keep, m.backend.asarray(d, m.dtype)))
+        _assert_same(got, want, f"{cell}, {layers} layers, truncate {trunc}")
     assert step.capture_allocations == 0 and step.replays == 2

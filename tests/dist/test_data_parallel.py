@@ -20,6 +20,7 @@ from rnn_gpu.dist.launch import collective_timeout
 from rnn_gpu.errors import UsageError
 from rnn_gpu.lm import TrainConfig, Trainer
 from rnn_gpu.lm.checkpoint import load_checkpoint
+from rnn_gpu.states import parts as state_parts
 
 from ..lm.test_train import make_text
 from .threads import run_ranks
@@ -247,3 +248,45 @@ def test_a_stack_with_dropout_trains_on_two_ranks_as_one_process(tmp_path):
     np.testing.assert_array_equal(ck.state["hidden"], np.concatenate([h0, h1], axis=1))
     np.testing.assert_allclose(ck.state["hidden"], load_checkpoint(tmp_path / "one.npz").state["hidden"],
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell,layers", [("lstm", 1), ("lstm", 2), ("gru", 1)])
+def test_gated_cells_train_on_two_ranks_as_one_process_and_resume_under_either(
+        tmp_path, cell, layers):
+    """An LSTM's (h, c) is split into each rank's streams and gathered back element by
+    element: 2 ranks give the model, states and checkpoint of 1, and each checkpoint goes
+    on under the other rank count."""
+    kw = dict(cell=cell, layers=layers, dropout=0.25, max_steps=4, eval_every=2)
+    one = Trainer(config(tmp_path, "one.npz", **kw), console=quiet())
+    one.fit()
+
+    def rank(comm):
+        tr = Trainer(config(tmp_path, "two.npz", **kw), console=quiet(), comm=comm)
+        tr.fit()
+        assert isinstance(tr.state.hidden, tuple) == (cell == "lstm")
+        return params_of(tr), [rnn_gpu.to_numpy(a) for a in state_parts(tr.state.hidden)]
+
+    (p2, s0), (p2b, s1) = run_ranks(2, rank)
+    for k, v in params_of(one).items():
+        np.testing.assert_allclose(p2[k], v, rtol=1e-12, atol=1e-12, err_msg=k)
+        assert np.array_equal(p2[k], p2b[k])
+    names = ["hidden", "hidden_c"] if cell == "lstm" else ["hidden"]
+    ck1, ck2 = load_checkpoint(tmp_path / "one.npz"), load_checkpoint(tmp_path / "two.npz")
+    assert set(ck1.state) == set(ck2.state) == set(names) and len(s0) == len(names)
+    for name, a, b in zip(names, s0, s1):
+        assert a.shape == ((2, 16) if layers == 1 else (layers, 2, 16))  # this rank's streams
+        np.testing.assert_array_equal(ck2.state[name], np.concatenate([a, b], axis=-2))
+        np.testing.assert_allclose(ck2.state[name], ck1.state[name], rtol=1e-12, atol=1e-12)
+
+    # the 2-rank checkpoint goes on in one process, the 1-process one on 2 ranks
+    Trainer.from_checkpoint(tmp_path / "two.npz", console=quiet(), max_steps=6).fit()
+    run_ranks(2, lambda comm: Trainer.from_checkpoint(tmp_path / "one.npz", console=quiet(),
+                                                      comm=comm, max_steps=6).fit())
+    ref = Trainer(config(tmp_path, "ref.npz", **{**kw, "max_steps": 6}), console=quiet())
+    ref.fit()
+    ca, cb = load_checkpoint(tmp_path / "two.npz"), load_checkpoint(tmp_path / "one.npz")
+    for k, v in params_of(ref).items():
+        np.testing.assert_allclose(ca.params[k], v, rtol=1e-12, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(cb.params[k], v, rtol=1e-12, atol=1e-12, err_msg=k)
+    for name in names:
+        np.testing.assert_allclose(ca.state[name], cb.state[name], rtol=1e-12, atol=1e-12)

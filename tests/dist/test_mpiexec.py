@@ -111,6 +111,39 @@ def test_two_ranks_give_the_model_of_one_and_checkpoints_resume_under_either(
         np.testing.assert_allclose(pa[k], pb[k], err_msg=k, **tol)
 
 
+def test_an_lstm_on_two_ranks_gives_the_model_and_states_of_one_and_resumes_under_either(
+        mpiexec, corpus, tmp_path):
+    """The LSTM's (h, c) of every stream is gathered into state/hidden and state/hidden_c,
+    and split again when a checkpoint resumes under another rank count."""
+    tol = dict(rtol=1e-12, atol=1e-12)
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    small = {"cell": "lstm", "hidden": 16, "max-steps": 6, "eval-every": 3, "dropout": 0.2}
+    for n, out in ((1, one), (2, two)):
+        r = run(mpiexec, n, train_args(corpus, out, **small))
+        assert r.returncode == 0, r.stderr
+    p1, ck1 = params(one)
+    p2, ck2 = params(two)
+    assert ck1.model.cell == ck2.model.cell == "lstm"
+    for k in p1:
+        np.testing.assert_allclose(p2[k], p1[k], err_msg=k, **tol)
+    assert set(ck1.state) == set(ck2.state) == {"hidden", "hidden_c"}
+    for k in ck1.state:
+        assert ck2.state[k].shape == (8, 16)  # the states of all 8 streams
+        np.testing.assert_allclose(ck2.state[k], ck1.state[k], err_msg=k, **tol)
+    more = ["--resume", "--max-steps", "8", "--no-progress"]
+    ra = run(mpiexec, 1, ["train", "--out", str(two), *more])
+    rb = run(mpiexec, 2, ["train", "--out", str(one), *more])
+    assert ra.returncode == 0, ra.stderr
+    assert rb.returncode == 0, rb.stderr
+    pa, cka = params(two)
+    pb, ckb = params(one)
+    assert cka.train_state["step"] == ckb.train_state["step"] == 8
+    for k in pa:
+        np.testing.assert_allclose(pa[k], pb[k], err_msg=k, **tol)
+    for k in ("hidden", "hidden_c"):
+        np.testing.assert_allclose(cka.state[k], ckb.state[k], err_msg=k, **tol)
+
+
 def test_two_rank_runs_are_deterministic(mpiexec, corpus, tmp_path):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     for out in (a, b):

@@ -264,7 +264,7 @@ def test_choices_are_the_library_constants():
     from rnn_gpu.lm import INPUT_INITS, LEVELS, OPTIMIZERS, SCHEDULES
     from rnn_gpu.lm.config import OUTPUT_LAYERS
     from rnn_gpu.model import DTYPES
-    from rnn_gpu.reference import ACTIVATIONS
+    from rnn_gpu.reference import ACTIVATIONS, CELLS
 
     (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
     choices = {name: {a.option_strings[0]: tuple(a.choices) for a in sub._actions if a.choices}
@@ -272,5 +272,7 @@ def test_choices_are_the_library_constants():
     assert choices["train"] == {"--level": LEVELS, "--activation": ACTIVATIONS,
                                 "--input-init": INPUT_INITS, "--dtype": DTYPES,
                                 "--backend": BACKENDS, "--optimizer": OPTIMIZERS,
-                                "--schedule": SCHEDULES, "--output": OUTPUT_LAYERS}
-    assert choices["sample"] == choices["gradcheck"] == {"--backend": BACKENDS}
+                                "--schedule": SCHEDULES, "--output": OUTPUT_LAYERS,
+                                "--cell": CELLS}
+    assert choices["sample"] == {"--backend": BACKENDS}
+    assert choices["gradcheck"] == {"--backend": BACKENDS, "--cell": CELLS}

@@ -35,11 +35,12 @@ def test_train_a_two_layer_model_with_dropout_resume_sample_eval(corpus, tmp_pat
     assert "perplexity" in capsys.readouterr().out
 
 
-def test_resume_of_a_stack_is_bit_exact(corpus, tmp_path):
+@pytest.mark.parametrize("cell,layers", [("elman", 3), ("gru", 2), ("lstm", 2)])
+def test_resume_of_a_stack_is_bit_exact(corpus, tmp_path, cell, layers):
     def cfg(out, steps):
-        return TrainConfig(data=str(corpus), hidden=12, batch_size=3, bptt=8, layers=3,
-                           dropout=0.3, max_steps=steps, eval_every=3, sample_length=0,
-                           out=str(out), overwrite=True)
+        return TrainConfig(data=str(corpus), hidden=12, batch_size=3, bptt=8, layers=layers,
+                           cell=cell, dropout=0.3, max_steps=steps, eval_every=3,
+                           sample_length=0, out=str(out), overwrite=True)
     a = Trainer(cfg(tmp_path / "a.npz", 6), progress=False)
     a.fit()
     b = Trainer(cfg(tmp_path / "b.npz", 3), progress=False)
@@ -48,6 +49,11 @@ def test_resume_of_a_stack_is_bit_exact(corpus, tmp_path):
     b.fit()
     for k, v in a.model.params.items():
         np.testing.assert_array_equal(np.asarray(b.model.params[k]), np.asarray(v), err_msg=k)
+    ha, hb = load_checkpoint(tmp_path / "a.npz").state, load_checkpoint(tmp_path / "b.npz").state
+    assert set(ha) == set(hb) == ({"hidden", "hidden_c"} if cell == "lstm" else {"hidden"})
+    for k in ha:  # (layers, B, H) each
+        assert ha[k].shape == (layers, 3, 12)
+        np.testing.assert_array_equal(hb[k], ha[k], err_msg=k)
 
 
 def test_bidirectional_is_refused_with_one_line(corpus, tmp_path, capsys):

@@ -69,13 +69,17 @@ def test_evaluation_is_the_engine_loss_per_token(tmp_path, text_file):
     assert evaluate(tr.model, tr.train_data[:13], 12) == pytest.approx(loss / y.size, rel=1e-5)
 
 
-@pytest.mark.parametrize("schedule,dropout", [("constant", 0.0), ("plateau", 0.0),
-                                              ("mikolov", 0.0), ("cosine", 0.0),
-                                              ("constant", 0.3)])
-def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, text_file, schedule, dropout):
+@pytest.mark.parametrize("schedule,dropout,cell", [
+    ("constant", 0.0, "elman"), ("plateau", 0.0, "elman"), ("mikolov", 0.0, "elman"),
+    ("cosine", 0.0, "elman"), ("constant", 0.3, "elman"),
+    ("mikolov", 0.3, "gru"), ("mikolov", 0.3, "lstm")])
+def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, text_file, schedule, dropout,
+                                                        cell):
     # 34 steps cross an epoch boundary (the corpus has 23 chunks per epoch) and several
-    # scheduled evaluations; the interruption at step 17 falls mid-epoch.
-    kw = dict(schedule=schedule, eval_every=5, lr=3e-2, batch_size=8, bptt=16, dropout=dropout)
+    # scheduled evaluations; the interruption at step 17 falls mid-epoch. An LSTM carries
+    # (h, c) across it.
+    kw = dict(schedule=schedule, eval_every=5, lr=3e-2, batch_size=8, bptt=16, dropout=dropout,
+              cell=cell)
     full = Trainer(small_config(tmp_path, text_file, max_steps=34, out=str(tmp_path / "a.npz"), **kw),
                    console=quiet())
     assert full.chunks_per_epoch < 34
@@ -107,7 +111,12 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, text_file, sch
     ca, cb = load_checkpoint(tmp_path / "a.npz"), load_checkpoint(tmp_path / "b.npz")
     for k in ca.optim:
         np.testing.assert_array_equal(ca.optim[k], cb.optim[k])
-    np.testing.assert_array_equal(ca.state["hidden"], cb.state["hidden"])
+    assert set(ca.state) == set(cb.state)
+    assert ("hidden_c" in ca.state) == (cell == "lstm")  # an LSTM's c beside its h
+    for k in ca.state:  # hidden (and hidden_c), the Mikolov schedule's weights
+        np.testing.assert_array_equal(ca.state[k], cb.state[k], err_msg=k)
+    if cell == "lstm":
+        assert isinstance(resumed.state.hidden, tuple) and len(resumed.state.hidden) == 2
     assert full.sample(40) == resumed.sample(40)
 
 
