@@ -1,14 +1,15 @@
 """Convergence at equal wall time: rnn-gpu's Trainer against PyTorch on the CPU.
 
-Both train a character-level Elman RNN language model (hidden 256, batch 32, bptt 64,
+Both train a character-level RNN language model (an Elman, GRU or LSTM cell: --cell;
+hidden 256, batch 32, bptt 64,
 Adam lr 2e-3, global gradient-norm clip 5, the same learning-rate schedule) on the same
 split of the same text, for the same wall-clock budget, with the same number of CPU
 threads, and evaluate on the same validation text at the end of every epoch and once
 more when the budget is spent. The figure of merit is the validation perplexity reached;
 tokens/s is reported beside it.
 
-PyTorch's model is the one its users would write: ``nn.Embedding`` + ``nn.RNN(tanh)`` +
-``nn.Linear``, mean cross-entropy, ``clip_grad_norm_``, hidden state detached between
+PyTorch's model is the one its users would write: ``nn.Embedding`` + ``nn.RNN(tanh)``
+(``nn.GRU``, ``nn.LSTM``) + ``nn.Linear``, mean cross-entropy, ``clip_grad_norm_``, hidden state detached between
 chunks (the same truncated BPTT). It runs only when torch imports.
 
     python bench/convergence.py --data ../shared/data/tinyshakespeare.txt --budget 300
@@ -47,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, default=300.0, help="wall-clock seconds per run (default 300)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=1, help="stacked layers, both sides (default 1)")
+    p.add_argument("--cell", choices=("elman", "gru", "lstm"), default="elman",
+                   help="the recurrent cell, both sides: nn.RNN, nn.GRU or nn.LSTM for PyTorch "
+                        "(default elman)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bptt", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -79,7 +83,7 @@ def record(args, impl: str, **fields) -> dict:
         "budget_s": args.budget, "hidden": args.hidden, "batch_size": args.batch_size,
         "bptt": args.bptt, "lr": args.lr, "clip": args.clip, "schedule": args.schedule,
         "dropout": args.dropout, "seed": args.seed, "layers": args.layers,
-        "threads": args.threads,
+        "cell": args.cell, "threads": args.threads,
         **fields, "cpu": info.get("cpu"), "numpy": info.get("numpy"), "blas": info.get("blas"),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -95,7 +99,7 @@ def run_rnn_gpu(args) -> dict:
             data=args.data, valid_fraction=args.valid_fraction, level="char", hidden=args.hidden,
             batch_size=args.batch_size, bptt=args.bptt, optimizer="adam", lr=args.lr,
             clip=args.clip, schedule=args.schedule, time_budget=args.budget, seed=args.seed,
-            dropout=args.dropout, layers=args.layers,
+            dropout=args.dropout, layers=args.layers, cell=args.cell,
             backend=args.backend,
             out=str(Path(tmp) / "ck.npz"), sample_length=0,
         )
@@ -130,8 +134,11 @@ def run_torch(args) -> dict:
         def __init__(self):
             super().__init__()
             self.emb = nn.Embedding(V, H)
-            self.rnn = nn.RNN(H, H, num_layers=args.layers, nonlinearity="tanh",
-                              dropout=args.dropout if args.layers > 1 else 0.0)
+            kw = dict(num_layers=args.layers, dropout=args.dropout if args.layers > 1 else 0.0)
+            if args.cell == "elman":
+                self.rnn = nn.RNN(H, H, nonlinearity="tanh", **kw)
+            else:
+                self.rnn = (nn.GRU if args.cell == "gru" else nn.LSTM)(H, H, **kw)
             self.out = nn.Linear(H, V)
             self.drop = nn.Dropout(args.dropout)
 
@@ -145,7 +152,7 @@ def run_torch(args) -> dict:
 
     def evaluate() -> float:
         model.eval()
-        total, count, h = 0.0, 0, torch.zeros(args.layers, eval_b, H)
+        total, count, h = 0.0, 0, zeros(eval_b)
         with torch.no_grad():
             for k in range(n_chunks(valid.shape[0], args.bptt)):
                 x, y = get_chunk(valid, k * args.bptt, args.bptt)
@@ -160,7 +167,11 @@ def run_torch(args) -> dict:
     steps = epochs = tokens = 0
     curve = []
     start = time.perf_counter()
-    h = torch.zeros(args.layers, args.batch_size, H)
+    def zeros(b):
+        z = torch.zeros(args.layers, b, H)
+        return (z, z.clone()) if args.cell == "lstm" else z
+
+    h = zeros(args.batch_size)
     k = 0
     schedule = make_schedule(args.schedule, args.lr)  # the rule rnn-gpu's Trainer follows
     saved = None  # mikolov: the weights of the previous evaluation
@@ -170,7 +181,7 @@ def run_torch(args) -> dict:
             for group in opt.param_groups:
                 group["lr"] = rate
         x, y = get_chunk(train, k * args.bptt, args.bptt)
-        h = h.detach()
+        h = tuple(a.detach() for a in h) if isinstance(h, tuple) else h.detach()
         logits, h = model(x, h)
         loss = loss_fn(logits.reshape(-1, V), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -182,7 +193,7 @@ def run_torch(args) -> dict:
         k += 1
         if k >= per_epoch:
             k, epochs = 0, epochs + 1
-            h = torch.zeros(args.layers, args.batch_size, H)
+            h = zeros(args.batch_size)
             vl = evaluate()
             curve.append((round(time.perf_counter() - start, 3), round(math.exp(vl), 3)))
             d = schedule.on_eval(vl)
@@ -212,7 +223,7 @@ def run_torch(args) -> dict:
 
 # Fields that make two recorded runs the same experiment (seed and implementation aside).
 CONFIG_KEYS = ("data", "budget_s", "hidden", "batch_size", "bptt", "lr", "clip", "schedule",
-               "dropout")
+               "dropout", "layers", "cell")
 
 
 def _mean_se(xs: list[float]) -> tuple[float, float]:

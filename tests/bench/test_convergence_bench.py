@@ -118,3 +118,30 @@ def test_no_equal_time_table_without_curves(conv, capsys, tmp_path):
                                                           _row("pytorch", 0, 4.8))))
     assert conv.main(["--summary", str(f)]) == 0
     assert "equal wall time" not in capsys.readouterr().out
+
+
+def test_cells_and_layers_are_part_of_the_configuration(conv):
+    rows = [_row("rnn-gpu", 0, 4.7, cell="lstm"), _row("pytorch", 0, 4.8, cell="lstm"),
+            _row("rnn-gpu", 0, 4.9, cell="gru"), _row("pytorch", 0, 5.0, cell="elman"),
+            _row("rnn-gpu", 0, 4.6, cell="lstm", layers=2),
+            _row("pytorch", 0, 4.65, cell="lstm", layers=2)]
+    s = conv.paired_summary(rows)
+    assert [(x["config"]["cell"], x["config"]["layers"], x["pairs"]) for x in s] == [
+        ("lstm", None, [(0, 4.7, 4.8)]), ("lstm", 2, [(0, 4.6, 4.65)])]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_a_short_run_of_a_gated_cell_on_both_sides(conv, tmp_path, cell):
+    pytest.importorskip("torch")
+    text = tmp_path / "t.txt"
+    phrase = "to be or not to be, that is the question. "
+    text.write_text(phrase * 60)
+    out = tmp_path / "r.jsonl"
+    rc = conv.main(["--data", str(text), "--budget", "1", "--hidden", "16", "--batch-size", "4",
+                    "--bptt", "8", "--threads", "1", "--cell", cell, "--out", str(out)])
+    assert rc == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["impl"] for r in rows} == {"rnn-gpu", "pytorch"}
+    for r in rows:
+        assert r["cell"] == cell and r["steps"] > 0 and math.isfinite(r["val_ppl"])
+        assert r["val_ppl"] < len(set(phrase))  # better than a uniform guess
