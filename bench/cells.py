@@ -4,6 +4,7 @@ backward, side by side with the same threads.
 
     python bench/cells.py --threads 2
     python bench/cells.py --threads 2 --reps 15 --configs gru1,lstm2 --shapes 64x32x256x65
+    python bench/cells.py --device cuda     # CuPy backend against PyTorch with cuDNN
 
 Each configuration is a cell (gru, lstm) and a number of layers; each shape is
 TxBxHxVOCAB (default 64x32x256x65 and 35x20x650x10000), token ids, float32. The two
@@ -14,6 +15,11 @@ GEMM (2 N H G H flops) that rnn-gpu does not. Before timing, the loss and the gr
 of every recurrent weight are compared (relative error printed; above 1e-3 stops the
 run). Then warm-up, and the two timed in interleaved repetitions: median with min and
 max, the ratio of medians.
+
+With ``--device cuda`` rnn-gpu runs on the CuPy backend, as its trainer does (the step
+captured as a CUDA Graph and replayed; the eager step is timed too, as ``eager``), and
+PyTorch on the GPU, where nn.GRU and nn.LSTM run cuDNN; every timed call ends with its
+loss read back, so each includes its device work.
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ def _args():
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both (default 2)")
     ap.add_argument("--reps", type=int, default=15, help="timed repetitions of each (default 15)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu: NumPy against PyTorch CPU (default); cuda: CuPy against cuDNN")
     ap.add_argument("--configs", default="gru1,gru2,lstm1,lstm2",
                     help="comma-separated CELL+LAYERS (default gru1,gru2,lstm1,lstm2)")
     ap.add_argument("--shapes", default="64x32x256x65,35x20x650x10000",
@@ -52,7 +60,7 @@ import rnn_gpu  # noqa: E402
 from rnn_gpu.reference import cell_name  # noqa: E402
 
 
-def _torch_model(torch, m, cell, V, H, layers):
+def _torch_model(torch, m, cell, V, H, layers, device):
     """PyTorch's model, and rnn-gpu's weights set to compute the same function."""
     torch.manual_seed(0)
     emb = torch.nn.Embedding(V, H)
@@ -75,7 +83,7 @@ def _torch_model(torch, m, cell, V, H, layers):
         else:
             p[cell_name("b", l, 0)] = get("bias_ih", l) + get("bias_hh", l)
     m.load_params(p)
-    return emb, net, lin
+    return emb.to(device), net.to(device), lin.to(device)
 
 
 def _flops(T, B, V, H, layers, G):
@@ -89,7 +97,18 @@ def main() -> int:
 
     torch.set_num_threads(ARGS.threads)
     limiter = threadpool_limits(ARGS.threads) if threadpool_limits else None  # noqa: F841
-    print(f"# float32, {ARGS.threads} threads each; numpy {np.__version__}, torch "
+    gpu = ARGS.device == "cuda"
+    backend = "cupy" if gpu else "numpy"
+    if gpu:
+        import cupy as cp
+
+        if not torch.cuda.is_available():
+            print("--device cuda: PyTorch sees no CUDA device")
+            return 1
+        where = f"GPU {torch.cuda.get_device_name(0)}, cuDNN {torch.backends.cudnn.version()}"
+    else:
+        where = f"{ARGS.threads} threads each"
+    print(f"# float32, {where}; numpy {np.__version__}, torch "
           f"{torch.__version__}; {ARGS.reps} interleaved reps")
     print(f"{'shape':>16} {'config':>7} {'rnn-gpu ms (min-max)':>24} {'torch ms (min-max)':>24} "
           f"{'speedup':>8} {'GFLOP/s':>8} {'max rel err':>12}")
@@ -99,13 +118,14 @@ def main() -> int:
         rng = np.random.default_rng(0)
         x = rng.integers(0, V, (T, B))
         y = rng.integers(0, V, (T, B))
-        xt, yt = torch.tensor(x), torch.tensor(y).reshape(-1)
+        xt, yt = torch.tensor(x, device=ARGS.device), torch.tensor(y, device=ARGS.device).reshape(-1)
+        xd, yd = (cp.asarray(x), cp.asarray(y)) if gpu else (x, y)
         for spec in ARGS.configs.split(","):
             cell, layers = spec.rstrip("0123456789"), int(spec.lstrip("grulstm"))
             G = 3 if cell == "gru" else 4
-            m = rnn_gpu.RNN(V, H, V, cell=cell, num_layers=layers, backend="numpy",
+            m = rnn_gpu.RNN(V, H, V, cell=cell, num_layers=layers, backend=backend,
                             dtype="float32", seed=0)
-            emb, net, lin = _torch_model(torch, m, cell, V, H, layers)
+            emb, net, lin = _torch_model(torch, m, cell, V, H, layers, ARGS.device)
             params = list(emb.parameters()) + list(net.parameters()) + list(lin.parameters())
 
             def torch_step():
@@ -118,19 +138,26 @@ def main() -> int:
                 return loss
 
             def ours_step():
-                return m.loss_and_grads(x, y)
+                return m.loss_and_grads(xd, yd)
+
+            steps = {"ours": ours_step, "torch": lambda: torch_step().item()}
+            if gpu:  # the trainer's step: captured once, replayed
+                graphed = m.captured_step(T, B)
+                steps = {"ours": lambda: graphed(m.params, xd, yd)[0], "eager": ours_step,
+                         "torch": steps["torch"]}
 
             tl = torch_step().item()
             loss, g, _ = ours_step()
+            g = {k: rnn_gpu.to_numpy(v) for k, v in g.items()}
             errs = [abs(loss - tl) / abs(tl)]
             for l in range(layers):
-                tg = getattr(net, f"weight_hh_l{l}").grad.numpy()
+                tg = getattr(net, f"weight_hh_l{l}").grad.cpu().numpy()
                 errs.append(float(np.abs(g[cell_name("W", l, 0)] - tg).max() / np.abs(tg).max()))
                 if l:
-                    tg = getattr(net, f"weight_ih_l{l}").grad.numpy()
+                    tg = getattr(net, f"weight_ih_l{l}").grad.cpu().numpy()
                     errs.append(float(np.abs(g[cell_name("U", l, 0)] - tg).max()
                                       / np.abs(tg).max()))
-            tg = lin.weight.grad.numpy()
+            tg = lin.weight.grad.cpu().numpy()
             errs.append(float(np.abs(g["V"] - tg).max() / np.abs(tg).max()))
             err = max(errs)
             if err > 1e-3:
@@ -138,21 +165,21 @@ def main() -> int:
                       "not timing")
                 return 1
             for _ in range(ARGS.warmup):
-                ours_step()
-                torch_step()
-            ts = {"ours": [], "torch": []}
-            for _ in range(ARGS.reps):
-                for name, fn in (("ours", ours_step), ("torch", torch_step)):
-                    t0 = time.perf_counter()
+                for fn in steps.values():
                     fn()
+            ts = {k: [] for k in steps}
+            for _ in range(ARGS.reps):
+                for name, fn in steps.items():
+                    t0 = time.perf_counter()
+                    fn()  # ends with a host read of the loss
                     ts[name].append(time.perf_counter() - t0)
             med = {k: float(np.median(v)) for k, v in ts.items()}
             show = lambda k: f"{1e3 * med[k]:8.2f} ({1e3 * min(ts[k]):.1f}-{1e3 * max(ts[k]):.1f})"  # noqa: E731
             ratio = med["torch"] / med["ours"]
             worst = min(worst, ratio)
             print(f"{shape:>16} {spec:>7} {show('ours'):>24} {show('torch'):>24} {ratio:7.2f}x "
-                  f"{_flops(T, B, V, H, layers, G) / med['ours'] / 1e9:8.1f} {err:12.1e}",
-                  flush=True)
+                  f"{_flops(T, B, V, H, layers, G) / med['ours'] / 1e9:8.1f} {err:12.1e}"
+                  + (f"  eager {show('eager')}" if "eager" in med else ""), flush=True)
     print(f"# smallest speedup (torch median / rnn-gpu median): {worst:.2f}x")
     return 0
 

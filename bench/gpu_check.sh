@@ -8,7 +8,9 @@
 #   4. step bench    python -m rnn_gpu bench --only steps --backend cupy --peers torch at
 #                    (64,32,256,65) (35,20,200,10000) (50,64,1024,1024): eager and graphed
 #                    steps beside PyTorch (cuDNN on CUDA), validated first
-#   5. record        the GPU test counts appended to the bench results as one JSON line
+#   5. cells bench   python bench/cells.py --device cuda: GRU and LSTM steps (graphed and
+#                    eager) beside PyTorch's nn.GRU / nn.LSTM on cuDNN, validated first
+#   6. record        the GPU test counts appended to the bench results as one JSON line
 #
 # Every step runs under its own timeout; a step that fails or times out does not stop
 # the next. The timeouts add up to 5 minutes (2 with --quick, which runs the GPU tests
@@ -37,7 +39,7 @@ for a in "$@"; do
     case "$a" in
         --quick) QUICK=1 ;;
         --dry-run) DRY=1 ;;
-        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "gpu_check.sh: unknown option $a" >&2; usage ;;
         *) if [ -n "$OUT" ]; then echo "gpu_check.sh: one OUTDIR, got $OUT and $a" >&2; usage; fi
            OUT=$a ;;
@@ -55,15 +57,17 @@ export PYTHONPATH=.
 PY=${PYTHON:-python}
 export PY
 
-# Seconds per step: environment, capture probe, GPU tests, step bench, record.
+# Seconds per step: environment, capture probe, GPU tests, step bench, cells bench, record.
 if [ "$QUICK" = 1 ]; then
-    LIMITS=(15 25 45 30 5)
+    LIMITS=(15 25 45 18 14 3)
     TEST_MARK="gpu and not slow"
     BENCH_QUICK=(--quick)
+    CELLS=(--reps 5 --configs gru1,lstm1 --shapes 64x32x256x65)
 else
-    LIMITS=(20 40 120 115 5)
+    LIMITS=(20 40 120 77 40 3)
     TEST_MARK="gpu"
     BENCH_QUICK=()
+    CELLS=(--reps 10)
 fi
 SHAPES="64,32,256,65;35,20,200,10000;50,64,1024,1024"
 
@@ -198,11 +202,12 @@ step "gpu tests" "${LIMITS[2]}" "$PY" -m pytest -q -p no:cacheprovider -m "$TEST
 [ "$DRY" = 1 ] || rm -f "$RESULTS"
 step "step bench" "${LIMITS[3]}" "$PY" -m rnn_gpu bench --only steps --backend cupy \
     --peers torch --shapes "$SHAPES" ${BENCH_QUICK[@]+"${BENCH_QUICK[@]}"} --out "$RESULTS"
-step record "${LIMITS[4]}" "$PY" -c "$RECORD" "$OUT/gpu-tests.xml" "$RESULTS" \
+step "cells bench" "${LIMITS[4]}" "$PY" bench/cells.py --device cuda "${CELLS[@]}"
+step record "${LIMITS[5]}" "$PY" -c "$RECORD" "$OUT/gpu-tests.xml" "$RESULTS" \
     "$OUT/gpu-tests.txt" "bench/gpu_check.sh $*"
 
 if [ "$DRY" = 1 ]; then
-    say "dry run: nothing ran; at most $(( ${LIMITS[0]} + ${LIMITS[1]} + ${LIMITS[2]} + ${LIMITS[3]} + ${LIMITS[4]} )) s of timeouts"
+    say "dry run: nothing ran; at most $(( ${LIMITS[0]} + ${LIMITS[1]} + ${LIMITS[2]} + ${LIMITS[3]} + ${LIMITS[4]} + ${LIMITS[5]} )) s of timeouts"
     exit 0
 fi
 if [ "$FAILED" = 0 ]; then

@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_dry_run_lists_the_steps_within_the_time_budget(tmp_path, quick, budget_
     assert not out.exists()  # nothing ran, nothing written
     steps = re.findall(r"^== (.+?) \(timeout (\d+) s\):(.*)$", r.stdout, re.M)
     assert [s[0] for s in steps] == ["environment", "capture", "gpu tests", "step bench",
-                                     "record"]
+                                     "cells bench", "record"]
     assert sum(int(s[1]) for s in steps) <= budget_s
     cmd = dict((s[0], shlex.split(s[2])) for s in steps)
     assert cmd["gpu tests"][1:3] == ["-m", "pytest"]
@@ -64,6 +65,13 @@ def test_dry_run_lists_the_steps_within_the_time_budget(tmp_path, quick, budget_
     assert args.shapes == list(bench.DEFAULT_SHAPES) and args.peers == {"torch"}
     assert args.backend == "cupy" and args.only == "steps" and args.quick is quick
     assert args.out == f"{out}/gpu.jsonl" and not args.gpu_tests
+
+    # the cells bench: bench/cells.py on the GPU, with options it accepts
+    argv = cmd["cells bench"]
+    assert argv[1:4] == ["bench/cells.py", "--device", "cuda"]
+    r = subprocess.run([sys.executable, *argv[1:], "--help"],
+                       capture_output=True, text=True, timeout=60, cwd=SCRIPT.parents[1])
+    assert r.returncode == 0 and "--device" in r.stdout, r.stderr
 
 
 def _snippet(name: str) -> str:
@@ -98,7 +106,6 @@ def test_the_record_step_counts_the_gpu_tests(tmp_path):
     xml.write_text('<testsuites><testsuite tests="10" failures="1" errors="1" skipped="3">'
                    "</testsuite></testsuites>")
     results, summary = tmp_path / "gpu.jsonl", tmp_path / "gpu-tests.txt"
-    import sys
 
     r = subprocess.run([sys.executable, "-c", _snippet("RECORD"),
                         str(xml), str(results), str(summary), "bench/gpu_check.sh out"],
