@@ -1,6 +1,8 @@
-"""The public model: an Elman RNN whose loss and exact BPTT gradients run on either backend.
+"""The public model: an RNN whose loss and exact BPTT gradients run on either backend.
 
     h_t = f(U x_t + W h_{t-1} + b)        f: tanh (default), sigmoid or relu
+                                          (cell="elman"; "gru" and "lstm" are
+                                          torch.nn.GRU's and torch.nn.LSTM's cells)
     o_t = g(V h_t + c)                    g + loss: softmax + cross-entropy (default),
                                           sigmoid + binary cross-entropy, linear + 1/2 squared error
     L   = sum over all steps and sequences of L_t
@@ -86,7 +88,9 @@ class _Checks:
 
 
 class RNN:
-    """Elman RNN with parameters U (H, I), W (H, H), V (O, D*H), b (H,), c (O,).
+    """An RNN with parameters U (G*H, I), W (G*H, H), V (O, D*H), b (G*H,), c (O,): G = 1
+    for the Elman cell, 3 for a GRU (which also has "bh" (3H,), PyTorch's bias_hh), 4 for
+    an LSTM, the gates' rows in PyTorch's order (GRU [r, z, n], LSTM [i, f, g, o]).
 
     With ``num_layers`` > 1, layer l >= 1 has "U{l}" (H, D*H), "W{l}" (H, H), "b{l}" (H,);
     with ``bidirectional``, every layer's reverse direction has the same names plus
@@ -483,7 +487,9 @@ class RNN:
 
         Returns (loss: float, grads: dict of backend arrays keyed like `params`,
         h_last: backend array of :meth:`state_shape`; a reverse direction's is its state
-        after step 0). The gradient arrays are reused by the next call.
+        after step 0). The gradient arrays are reused by the next call. For an LSTM the
+        state is a pair: h0 is (h0, c0) or None, and h_last is (h, c), each of
+        :meth:`state_shape`.
         """
         truncate = self._check_truncate(truncate)
         xb, yb, h0b, keep, weight, drop = self._inputs(x, y, h0, mask, True, loss_mask,
