@@ -23,6 +23,13 @@ backward) and the composite steps built on ``ops.gemm`` (:func:`forward_step`,
 CUDA Graph (:class:`rnn_gpu.cuda.graph.GraphedStep`) both run :meth:`Engine.run_step`.
 The kernels come from the backend: ``backend.ops`` (:mod:`rnn_gpu.ops`).
 
+Gated cells (``cell="gru"``, ``"lstm"``) keep this structure with G*H gate rows per
+layer direction: the input projection of every step and gate is one GEMM (or gather),
+then per step one recurrent GEMM and one fused pointwise kernel for all gates
+(``ops.gru_forward`` / ``ops.lstm_forward``); backward, per step one fused kernel for all
+gate derivatives (``ops.gru_backward`` / ``ops.lstm_backward``, over the L live streams
+when truncated) and one GEMM with W; dW, dU and the biases over all rows at the end.
+
 With ``output="adaptive"`` the output layer is :class:`rnn_gpu.heads.AdaptiveHead`: it
 writes the loss per token, the error on the top features and the head's gradients in
 one call, and no (N, O) logits exist.
@@ -532,8 +539,8 @@ class Engine:
     # Gated cells: per step one fused kernel for every gate's derivative, then one GEMM
     # with W for the error on the state before
 
-    def _gated_step_back(self, ws: Workspace, params, i: int, l: int, d: int, t: int, G, DC,
-                         keep_t, e, fresh: int, dG_all, dGx_all) -> Any:
+    def _gated_step_back(self, ws: Workspace, i: int, d: int, t: int, G, DC, keep_t, e,
+                         fresh: int, dG_all, dGx_all) -> Any:
         """Back through step t of layer direction i for the streams G (L, B, H) (and an
         LSTM's DC): the fused kernel leaves the step's summed derivatives in ws.gates[i][t]
         (and a GRU's ws.dgh[i][t]); returns what the GEMM with W reads for every stream
@@ -567,7 +574,7 @@ class Engine:
                 last = 0 if d == 0 else T - 1
                 for t in order:
                     A, beta = self._gated_step_back(
-                        ws, params, i, l, d, t, G, DC, None if keep is None else keep[t],
+                        ws, i, d, t, G, DC, None if keep is None else keep[t],
                         ws.errors[i][t], 0, None, None)
                     if t != last:  # the gradient stops at h0
                         self.ops.gemm(A.reshape(B, -1), W, ws.carry, beta)
@@ -615,7 +622,7 @@ class Engine:
                     DC = ws.DC[l]
                     DC[j % L].fill(0)
                 A, beta = self._gated_step_back(
-                    ws, params, l, l, 0, j, G, DC, keep_j, None, 0, ws.dG_all[l],
+                    ws, l, 0, j, G, DC, keep_j, None, 0, ws.dG_all[l],
                     ws.dGx_all[l] if (not lstm and l > 0) else None)
                 if j > 0 and L > 1:
                     ops.gemm(A.reshape(L * B, -1), params[cell_name("W", l, 0)],
