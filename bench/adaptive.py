@@ -83,6 +83,7 @@ def output_flops(model, y: np.ndarray) -> float:
 
 
 def time_it(fn, reps: int, warmup: int) -> list[float]:
+    time.sleep(0.25)  # the worker threads of the previous block stop spinning
     for _ in range(warmup):
         fn()
     out = []

@@ -13,8 +13,9 @@ then the cell's input weights W_ih), rnn-gpu with the embedding folded into laye
 (U = W_ih E^T, a gather of U's columns per token), so PyTorch's layer 0 does one input
 GEMM (2 N H G H flops) that rnn-gpu does not. Before timing, the loss and the gradients
 of every recurrent weight are compared (relative error printed; above 1e-3 stops the
-run). Then warm-up, and the two timed in interleaved repetitions: median with min and
-max, the ratio of medians.
+run). Then warm-up, and the two timed in alternating blocks (each block after a pause
+and an untimed call, so that neither runs while the other's worker threads still spin):
+median with min and max, the ratio of medians.
 
 With ``--device cuda`` rnn-gpu runs on the CuPy backend, as its trainer does (the step
 captured as a CUDA Graph and replayed; the eager step is timed too, as ``eager``), and
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 
 def _args():
@@ -57,6 +57,7 @@ except ImportError:  # the environment variables above do it
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import rnn_gpu  # noqa: E402
+from rnn_gpu.bench.timing import alternating_blocks, wall_timer  # noqa: E402
 from rnn_gpu.reference import cell_name  # noqa: E402
 
 
@@ -109,7 +110,7 @@ def main() -> int:
     else:
         where = f"{ARGS.threads} threads each"
     print(f"# float32, {where}; numpy {np.__version__}, torch "
-          f"{torch.__version__}; {ARGS.reps} interleaved reps")
+          f"{torch.__version__}; {ARGS.reps} reps in alternating blocks")
     print(f"{'shape':>16} {'config':>7} {'rnn-gpu ms (min-max)':>24} {'torch ms (min-max)':>24} "
           f"{'speedup':>8} {'GFLOP/s':>8} {'max rel err':>12}")
     worst = 1.0e9
@@ -164,15 +165,12 @@ def main() -> int:
                 print(f"{shape} {spec}: rnn-gpu and PyTorch disagree (max rel err {err:.2e}); "
                       "not timing")
                 return 1
-            for _ in range(ARGS.warmup):
-                for fn in steps.values():
-                    fn()
-            ts = {k: [] for k in steps}
-            for _ in range(ARGS.reps):
-                for name, fn in steps.items():
-                    t0 = time.perf_counter()
-                    fn()  # ends with a host read of the loss
-                    ts[name].append(time.perf_counter() - t0)
+            # alternating blocks, each after a pause and an untimed call (see
+            # rnn_gpu.bench.timing.alternating_blocks: OpenBLAS's and PyTorch's worker
+            # threads spin after a call, and would share the cores with the next one)
+            stats = alternating_blocks({k: (fn, wall_timer) for k, fn in steps.items()},
+                                       ARGS.reps, ARGS.warmup)
+            ts = {k: [t * 1e-3 for t in st.times_ms] for k, st in stats.items()}
             med = {k: float(np.median(v)) for k, v in ts.items()}
             show = lambda k: f"{1e3 * med[k]:8.2f} ({1e3 * min(ts[k]):.1f}-{1e3 * max(ts[k]):.1f})"  # noqa: E731
             ratio = med["torch"] / med["ours"]

@@ -8,9 +8,11 @@ cross-entropy, forward + backward, side by side with the same threads.
 Each configuration is T = 64, B = 32, token ids with a vocabulary of 65, float32. Both
 models hold the same weights; before timing, the loss and every gradient are compared
 (relative error printed; a mismatch above 1e-3 stops the run). Then warm-up, and the two
-implementations timed in interleaved repetitions (so a slow patch of the machine hurts
+implementations timed in alternating blocks (so a slow patch of the machine hurts
 both alike): median with min and max, the ratio of medians, and GFLOP/s from the napkin
-math below.
+math below. Timing is in alternating blocks, each after a pause and an untimed call
+(rnn_gpu.bench.timing.alternating_blocks): timed straight after each other, each side's
+calls would share the cores with the other's still-spinning worker threads.
 
 Napkin math per step (N = T*B rows, L layers, D directions, I0 = 65 ids):
 forward  2 N (D H) (D H) (L-1) [input GEMMs above layer 0] + 2 N H H L D [recurrence]
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 
 def _args():
@@ -51,6 +52,7 @@ except ImportError:  # the environment variables above do it
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import rnn_gpu  # noqa: E402
+from rnn_gpu.bench.timing import alternating_blocks, wall_timer  # noqa: E402
 from rnn_gpu.reference import cell_name  # noqa: E402
 
 
@@ -100,7 +102,7 @@ def main() -> int:
     y = rng.integers(0, V, (T, B))
     xt, yt = torch.tensor(x), torch.tensor(y).reshape(-1)
     print(f"# T={T} B={B} vocab={V} float32, {ARGS.threads} threads each; numpy "
-          f"{np.__version__}, torch {torch.__version__}; {ARGS.reps} interleaved reps")
+          f"{np.__version__}, torch {torch.__version__}; {ARGS.reps} reps in alternating blocks")
     print(f"{'config':>10} {'rnn-gpu ms (min-max)':>24} {'torch ms (min-max)':>24} "
           f"{'speedup':>8} {'GFLOP/s':>15} {'max rel err':>12}")
     worst = 1.0e9
@@ -146,15 +148,11 @@ def main() -> int:
         if err > 1e-3:
             print(f"{spec}: rnn-gpu and PyTorch disagree (max rel err {err:.2e}); not timing")
             return 1
-        for _ in range(ARGS.warmup):
-            ours_step()
-            torch_step()
-        ts = {"ours": [], "torch": []}
-        for _ in range(ARGS.reps):
-            for name, fn in (("ours", ours_step), ("torch", torch_step)):
-                t0 = time.perf_counter()
-                fn()
-                ts[name].append(time.perf_counter() - t0)
+        # alternating blocks, each after a pause and an untimed call: OpenBLAS's and
+        # PyTorch's worker threads spin after a call (rnn_gpu.bench.timing)
+        stats = alternating_blocks({"ours": (ours_step, wall_timer),
+                                    "torch": (torch_step, wall_timer)}, ARGS.reps, ARGS.warmup)
+        ts = {k: [t * 1e-3 for t in st.times_ms] for k, st in stats.items()}
         med = {k: float(np.median(v)) for k, v in ts.items()}
         cell = lambda k: f"{1e3 * med[k]:8.2f} ({1e3 * min(ts[k]):.1f}-{1e3 * max(ts[k]):.1f})"  # noqa: E731
         fl = _flops(T, B, V, H, layers, D)

@@ -3,7 +3,9 @@ backend beside the peers that are installed, and step-time sweeps against T, B a
 
 Peers: seed 001's per-sequence NumPy loop at small shapes, PyTorch on the CPU and on CUDA
 with cuDNN, and the CUDA-Graph replay of our step. Everything is checked against the
-float64 engine first, then timed side by side with repetitions interleaved; peak memory
+float64 engine first, then timed side by side (on a CPU in alternating blocks, each after a
+pause and an untimed call, so that no library runs while another's worker threads still
+spin; on a GPU with repetitions interleaved); peak memory
 of one step beside the time.
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ from .memory import measure_memory, rss_growth, workspace_bytes
 from .peers import SeedLoop, TorchRNN, torch_unavailable_reason
 from .records import Context, _cpu_device, _table, device_of
 from ..cuda.graph import GraphedStep
-from .timing import Stats, blas_threads, interleaved, timer_for, torch_cuda_timer, wall_timer
+from .timing import (Stats, alternating_blocks, blas_threads, interleaved, timer_for,
+                     torch_cuda_timer, wall_timer)
 
 # The training-step shapes (T, B, H, vocabulary) of the engine's benchmark.
 DEFAULT_SHAPES = ((64, 32, 256, 65), (35, 20, 200, 10000), (50, 64, 1024, 1024))
@@ -247,7 +250,12 @@ def step_point(ctx: Context, backends: list[Backend], shape: tuple, dtype: str, 
             n = kernel_level.matmul_sizes(be.is_gpu, args.quick)
             fn, timer, mm_flops[be.name] = kernel_level.matmul_op(be, dtype, n)
             fns[f"peak:{be.name}"] = (fn, timer)
-    stats = interleaved(fns, args.reps, args.warmup)
+    # on a CPU whole steps of different libraries alternate in blocks (each side's
+    # thread pool would otherwise spin through the other's calls); on a GPU interleaved
+    if any(i.gpu for i in impls.values()):
+        stats = interleaved(fns, args.reps, args.warmup)
+    else:
+        stats = alternating_blocks(fns, args.reps, args.warmup)
     peaks = {}
     for name, f in mm_flops.items():
         peaks[name] = f / (stats.pop(f"peak:{name}").median * 1e-3) / 1e9

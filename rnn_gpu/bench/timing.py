@@ -135,6 +135,41 @@ def interleaved(fns: dict[str, tuple[Callable[[], Any], Callable]], reps: int, w
     return {n: Stats(t) for n, t in times.items()}
 
 
+def alternating_blocks(fns: dict[str, tuple[Callable[[], Any], Callable]], reps: int,
+                       warmup: int, block: int = 3, settle_s: float = 0.25,
+                       inner: dict[str, int] | None = None) -> dict[str, Stats]:
+    """Time several implementations side by side in alternating blocks.
+
+    Each round runs every implementation (the order rotating from round to round) as a
+    block: a pause of `settle_s`, one untimed call, then `block` timed calls; rounds
+    repeat until each has `reps` times. Implementations with thread pools of their own
+    (OpenBLAS, PyTorch's OpenMP) keep their worker threads spinning for a while after a
+    call; timed right after another implementation, a call shares the cores with those
+    spinning threads. The pause lets them sleep, the untimed call wakes the pool of the
+    implementation about to be timed, and a noisy patch of the machine still hurts all
+    of them alike. Every call of :func:`interleaved` follows another implementation's
+    call, which is why whole steps of different libraries on a CPU are timed this way.
+    """
+    inner = inner or {}
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n][0]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    r = 0
+    while min(len(t) for t in times.values()) < reps:
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            fn, timer = fns[n]
+            if settle_s:
+                time.sleep(settle_s)
+            fn()  # the pool of this implementation wakes up
+            for _ in range(min(block, reps - len(times[n]))):
+                times[n].append(timer(fn, inner.get(n, 1)))
+        r += 1
+    return {n: Stats(t) for n, t in times.items()}
+
+
 def calibrate(fn: Callable[[], Any], timer: Callable, target_ms: float = 2.0,
               cap: int = 1000) -> int:
     """Calls per timed repetition so that one repetition lasts about `target_ms`."""
