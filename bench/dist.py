@@ -117,14 +117,14 @@ def main(argv=None) -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"({os.cpu_count()} CPUs)")
     with tempfile.TemporaryDirectory() as tmp:
-        for shape in shapes:
+        for si, shape in enumerate(shapes):
             T, B, H, V = shape
             text, _ = synthetic_text(V, T * B * (a.steps + a.warmup + 2) * 11 // 10 + V)
             data = os.path.join(tmp, "text.txt")
             Path(data).write_text(text)
             checks = [np.load(out) for out in (
-                launch(a, shape, data, os.path.join(tmp, f"c{n}.npz"), n, 1, dtype="float64",
-                       steps=2, warmup=0) and os.path.join(tmp, f"c{n}.npz") for n in (1, 2))]
+                launch(a, shape, data, os.path.join(tmp, f"c{n}-{si}.npz"), n, 1, dtype="float64",
+                       steps=2, warmup=0) and os.path.join(tmp, f"c{n}-{si}.npz") for n in (1, 2))]
             err = max(float(np.abs(checks[1][k] - checks[0][k]).max()
                             / (np.abs(checks[0][k]).max() + 1e-300)) for k in checks[0].files)
             assert err < 1e-9, f"2 ranks differ from 1 process: max relative error {err:.2e}"
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
             for name, ranks, threads in (("1 process, 1 thread", 1, 1),
                                          ("1 process, 2 threads", 1, 2),
                                          ("mpiexec -n 2, 1 thread each", 2, 1)):
-                out = os.path.join(tmp, f"p{ranks}{threads}.npz")
+                out = os.path.join(tmp, f"p{ranks}{threads}-{si}.npz")  # a new file each
                 rows[name] = (launch(a, shape, data, out, ranks, threads), out)
             print(f"\n(T, B, H, V) = {shape}: 2 ranks give the parameters of 1 process "
                   f"(float64, 2 steps: max rel. error {err:.1e}); {a.steps} timed float32 steps")
