@@ -103,11 +103,11 @@ class Workspace:
             # activations, then backward their derivatives dL/d(U x + b), in place)
             self.gates = [e(T, B, G * H) for _ in range(cells)]
             self.cstates = [e(T + 1, B, H) for _ in range(cells)] if cell == "lstm" else None
-            self.carry_c = e(B, H)  # dL/dc carried back (LSTM)
+            self.carry_c = [e(B, H) for _ in range(D)]  # dL/dc carried back, per direction
             if cell == "gru":
                 self.hn = [e(T, B, H) for _ in range(cells)]  # W_n h + bh_n of every step
                 self.dgh = [e(T, B, G * H) for _ in range(cells)]  # dL/d(W h + bh)
-                self.A = e(B, G * H)  # one step's h W^T
+                self.A = [e(B, G * H) for _ in range(D)]  # one step's h W^T, per direction
             if L:
                 self.DC = [e(L, B, H) for _ in range(num_layers)] if cell == "lstm" else None
                 self.dG_all = [e(L, B, G * H) for _ in range(num_layers)]  # per stream
@@ -121,7 +121,8 @@ class Workspace:
         self.S, self.E = self.states[0], self.errors[0]
         self.logits = e(N, O)  # logits, then dL/dlogits in place
         self.loss = e(N)  # loss per token
-        self.carry = e(B, H)
+        self.carries = [e(B, H) for _ in range(D)]  # the error carried back, per direction
+        self.carry = self.carries[0]
         self.UT = None  # a C-contiguous U^T, only if params["U"] is not stored that way
         self.WT: dict = {}  # C-contiguous W^T per layer direction (NumPy backend)
         self.SD = None  # (N, H) states times the output-dropout multipliers, when used
@@ -305,15 +306,20 @@ class Engine:
                 order = range(T) if d == 0 else range(T - 1, -1, -1)  # reverse: T-1 .. 0
                 if gated:
                     self._gated_forward(ws, params, i, l, d, WT, order, keep)
-                    continue
-                # one fused kernel per step (the product and the activation), or the GEMM
-                # and the pointwise kernel: the kernel set chooses by shape
-                step = ops.recur_forward if fused else partial(forward_step, ops)
-                for t in order:
-                    src, dst = (t, t + 1) if d == 0 else (t + 1, t)
-                    step(S[src], WT, S[dst], None if keep is None else keep[t], self.act)
+                else:
+                    self._elman_forward(S, WT, d, order, keep, fused)
             if l + 1 < self.num_layers:
                 inp = self._features(ws, l, drop, T)
+
+    def _elman_forward(self, S, WT, d: int, order, keep, fused: bool) -> None:
+        """The recurrence of one Elman layer direction: per step one fused kernel (the
+        product and the activation), or the GEMM and the pointwise kernel, as the kernel
+        set chooses by shape."""
+        ops = self.ops
+        step = ops.recur_forward if fused else partial(forward_step, ops)
+        for t in order:
+            src, dst = (t, t + 1) if d == 0 else (t + 1, t)
+            step(S[src], WT, S[dst], None if keep is None else keep[t], self.act)
 
     def _initial(self, first, h0, i: int) -> None:
         """A recurrence's first state: h0's entry i (or h0 itself for one cell), or zeros."""
@@ -336,7 +342,7 @@ class Engine:
                 ops.lstm_forward(P[t], C[src], C[dst], S[src], S[dst],
                                  None if keep is None else keep[t])
             return
-        bh, HN, A = params[cell_name("bh", l, d)], ws.hn[i], ws.A
+        bh, HN, A = params[cell_name("bh", l, d)], ws.hn[i], ws.A[d]
         for t in order:
             src, dst = (t, t + 1) if d == 0 else (t + 1, t)
             ops.gemm(S[src], WT, A, 0.0)  # W h for [r, z, n]: bh and r enter in the kernel
@@ -484,24 +490,9 @@ class Engine:
             self._cell_grads(ws, x, 0, 0)
             return
         if not L:  # full BPTT, layer by layer from the top: one carried error per direction
-            carry = ws.carry
             for l in range(top, -1, -1):
-                for d in range(D):
-                    i = l * D + d
-                    S, E = ws.states[i], ws.errors[i]
-                    W = params[cell_name("W", l, d)]
-                    carry.fill(0)
-                    if fused:
-                        self._backward_fused_cell(W, carry if keep is not None else None, S, E,
-                                                  keep, d, T)
-                    elif d == 0:
-                        for t in range(T - 1, -1, -1):
-                            backward_step(ops, carry, E[t], S[t + 1], k(t), E[t], W, self.act,
-                                          t == 0)
-                    else:  # the reverse direction's own backward order: 0 up to T-1
-                        for t in range(T):
-                            backward_step(ops, carry, E[t], S[t], k(t), E[t], W, self.act,
-                                          t == T - 1)
+                for d in range(D):  # the recursion, then the gradients over all rows
+                    self._elman_backward(ws, params, keep, fused, l, d, T)
                     self._cell_grads(ws, x, l, d)
                 if l > 0:  # the error on layer l-1's features, through layer l's U
                     self._error_into_layer(
@@ -560,29 +551,36 @@ class Engine:
         """Full BPTT of a gated stack, layer by layer from the top, each direction along
         its own backward order, one carried dL/dh (and dL/dc) per direction."""
         T, B = x.shape[:2]
-        N, H, D = T * B, self.sizes[1], self.D
+        N, D = T * B, self.D
         drop = self._drop(drop, T, B)
-        G = ws.carry.reshape(1, B, H)
-        DC = ws.carry_c.reshape(1, B, H)
         for l in range(self.num_layers - 1, -1, -1):
             for d in range(D):
-                i = l * D + d
-                W = params[cell_name("W", l, d)]
-                G.fill(0)
-                DC.fill(0)
-                order = range(T - 1, -1, -1) if d == 0 else range(T)
-                last = 0 if d == 0 else T - 1
-                for t in order:
-                    A, beta = self._gated_step_back(
-                        ws, i, d, t, G, DC, None if keep is None else keep[t],
-                        ws.errors[i][t], 0, None, None)
-                    if t != last:  # the gradient stops at h0
-                        self.ops.gemm(A.reshape(B, -1), W, ws.carry, beta)
+                self._gated_direction_back(ws, params, keep, l, d, T)
                 self._gated_cell_grads(ws, x, l, d)
             if l > 0:  # the error on layer l-1's features, through layer l's U
                 self._error_into_layer(
                     ws, [(ws.gates[l * D + d].reshape(N, -1), params[cell_name("U", l, d)])
                          for d in range(D)], l - 1, drop)
+
+    def _gated_direction_back(self, ws: Workspace, params, keep, l: int, d: int,
+                              T: int) -> None:
+        """Full BPTT through one gated layer direction along its own backward order."""
+        B, H = ws.carry.shape
+        i = l * self.D + d
+        W = params[cell_name("W", l, d)]
+        carry = ws.carries[d]
+        G = carry.reshape(1, B, H)
+        DC = ws.carry_c[d].reshape(1, B, H)
+        G.fill(0)
+        DC.fill(0)
+        order = range(T - 1, -1, -1) if d == 0 else range(T)
+        last = 0 if d == 0 else T - 1
+        for t in order:
+            A, beta = self._gated_step_back(ws, i, d, t, G, DC,
+                                            None if keep is None else keep[t],
+                                            ws.errors[i][t], 0, None, None)
+            if t != last:  # the gradient stops at h0
+                self.ops.gemm(A.reshape(B, -1), W, carry, beta)
 
     def _gated_backward_truncated(self, ws: Workspace, params, x, keep, L: int,
                                   drop) -> None:
@@ -654,6 +652,27 @@ class Engine:
             ops.embed_scatter_add(dUT, x.reshape(N), DGX)
         else:
             ops.outer_accum(dUT, x.reshape(N, -1), DGX, False)
+
+    def _elman_backward(self, ws: Workspace, params, keep, fused: bool, l: int, d: int,
+                        T: int) -> None:
+        """Full BPTT through one Elman layer direction, along its own backward order
+        (T-1 down to 0 forward, 0 up to T-1 reverse): ws.errors[i] holds e_t on entry,
+        dz_t on exit."""
+        ops = self.ops
+        i = l * self.D + d
+        S, E = ws.states[i], ws.errors[i]
+        W = params[cell_name("W", l, d)]
+        carry = ws.carries[d]
+        carry.fill(0)
+        k = lambda t: None if keep is None else keep[t]  # noqa: E731
+        if fused:
+            self._backward_fused_cell(W, carry if keep is not None else None, S, E, keep, d, T)
+        elif d == 0:
+            for t in range(T - 1, -1, -1):
+                backward_step(ops, carry, E[t], S[t + 1], k(t), E[t], W, self.act, t == 0)
+        else:  # the reverse direction's own backward order: 0 up to T-1
+            for t in range(T):
+                backward_step(ops, carry, E[t], S[t], k(t), E[t], W, self.act, t == T - 1)
 
     def _backward_fused_cell(self, W, carry, S, E, keep, d: int, T: int) -> None:
         """Full BPTT of one layer direction with one fused recurrent-step kernel per step:
