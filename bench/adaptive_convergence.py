@@ -1,6 +1,7 @@
 """Adaptive softmax against the full softmax at equal wall time, on a word-level corpus.
 
-Both models are the same token-input Elman RNN (hidden 256, batch 20, bptt 35, Adam,
+Both models are the same token-input RNN (an Elman, GRU or LSTM cell: --cell; hidden 256,
+batch 20, bptt 35, Adam,
 global gradient-norm clip 5, state carried across chunks), built and trained through the
 library API alone, on the word level of a text: words split on white space, an ``<eos>``
 at every line end, the vocabulary ``<eos>``, ``<unk>`` and then words by frequency (the
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rnn_gpu  # noqa: E402
 from rnn_gpu.heads import default_cutoffs  # noqa: E402
 from rnn_gpu.optim import make_optimizer  # noqa: E402
+from rnn_gpu.states import map_state  # noqa: E402
 
 
 def word_corpus(path: str) -> tuple[list[str], np.ndarray]:
@@ -78,7 +80,7 @@ class Run:
         x = self.train[self.pos:self.pos + self.bptt]
         y = self.train[self.pos + 1:self.pos + 1 + self.bptt]
         _, grads, h = self.model.loss_and_grads(x, y, h0=self.h)
-        self.h = h.copy()
+        self.h = map_state(lambda a: a.copy(), h)  # an LSTM's state is a pair
         norm = math.sqrt(sum(float(np.vdot(g.reshape(-1), g.reshape(-1))) for g in grads.values()))
         if norm > self.clip:
             for g in grads.values():
@@ -96,7 +98,7 @@ class Run:
             y = valid[s + 1:s + 1 + bptt]
             x = x[:y.shape[0]]
             loss, h = self.model.loss(x, y, h0=h)
-            h = h.copy()
+            h = map_state(lambda a: a.copy(), h)
             total += loss
             count += y.size
         return math.exp(total / count)
@@ -109,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=150.0, help="training seconds per model")
     ap.add_argument("--eval-every", type=float, default=30.0)
     ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--cell", choices=("elman", "gru", "lstm"), default="elman",
+                    help="the recurrent cell of both models (default elman)")
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--bptt", type=int, default=35)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -127,12 +131,14 @@ def main(argv=None) -> int:
                else tuple(int(c) for c in a.cutoffs.split(",")))
     print(f"# {a.data}: {len(ids)} words, vocabulary {V}, train {train.size}, valid "
           f"{valid.size}; H={a.hidden} B={a.batch} bptt={a.bptt} Adam lr={a.lr}, "
-          f"{a.budget:.0f} s each, {a.threads} thread(s); adaptive cutoffs={cutoffs}")
+          f"{a.budget:.0f} s each, {a.threads} thread(s), cell {a.cell}; adaptive "
+          f"cutoffs={cutoffs}")
     runs = [
         Run("full softmax", rnn_gpu.RNN(V, a.hidden, V, backend="numpy", dtype="float32",
-                                        seed=a.seed), a.lr, train, a.bptt, a.clip),
+                                        seed=a.seed, cell=a.cell), a.lr, train, a.bptt,
+            a.clip),
         Run("adaptive", rnn_gpu.RNN(V, a.hidden, V, backend="numpy", dtype="float32",
-                                    seed=a.seed, output="adaptive", cutoffs=cutoffs,
+                                    seed=a.seed, cell=a.cell, output="adaptive", cutoffs=cutoffs,
                                     div_value=a.div_value), a.lr, train, a.bptt, a.clip),
     ]
     next_eval = {r.name: a.eval_every for r in runs}
@@ -149,7 +155,7 @@ def main(argv=None) -> int:
                 print(f"{r.name:<13} {r.clock:7.1f} s  {r.steps:6d} steps  "
                       f"{r.tokens / r.clock:8.0f} tokens/s  valid ppl {ppl:9.2f}", flush=True)
     summary = {
-        "data": a.data, "vocab": V, "hidden": a.hidden, "batch": a.batch, "bptt": a.bptt,
+        "data": a.data, "vocab": V, "cell": a.cell, "hidden": a.hidden, "batch": a.batch, "bptt": a.bptt,
         "lr": a.lr, "budget_s": a.budget, "threads": a.threads, "cutoffs": cutoffs,
         "div_value": a.div_value, "seed": a.seed,
         "runs": {r.name: {"steps": r.steps, "tokens_per_s": r.tokens / r.clock,

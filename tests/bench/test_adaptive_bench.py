@@ -42,3 +42,28 @@ def test_zipf_stream_is_sorted_by_frequency():
     assert counts[0] > counts[1] > counts[2]
     with pytest.raises(ValueError):
         bench.zipf_stream(0, 10, 1.0, seed=0)
+
+
+def test_adaptive_convergence_runs_a_gated_cell(tmp_path):
+    """bench/adaptive_convergence.py --cell lstm: both models train and evaluate, the
+    LSTM's (h, c) state carried across chunks."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "adaptive_convergence.py"
+    rng = np.random.default_rng(0)
+    words = [f"w{int(k)}" for k in rng.zipf(1.3, 4000) % 300]
+    text = tmp_path / "words.txt"
+    text.write_text("\n".join(" ".join(words[i:i + 12]) for i in range(0, len(words), 12)))
+    r = subprocess.run([sys.executable, str(script), "--data", str(text), "--budget", "1",
+                        "--eval-every", "1", "--hidden", "16", "--batch", "4", "--bptt", "5",
+                        "--cell", "lstm", "--cutoffs", "20,100"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["cell"] == "lstm"
+    for name in ("full softmax", "adaptive"):
+        run = summary["runs"][name]
+        assert run["steps"] > 0 and np.isfinite(run["final_ppl"]) and run["curve"]
