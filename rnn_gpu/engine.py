@@ -509,18 +509,8 @@ class Engine:
                 G, dz_all, E = ws.G[l], ws.dz_all[l], ws.errors[l]
                 if l == top:
                     xp.copyto(G[j % L], E[j])  # output j's stream starts here; frees t = j+L
-                else:  # the streams' errors from layer l+1 at step j, through its U
-                    G[j % L].fill(0)
-                    U = params[cell_name("U", l + 1, 0)]
-                    above = ws.dz_all[l + 1].reshape(L * B, H)
-                    if drop is None:
-                        ops.gemm(above, U, G.reshape(L * B, H), 1.0)
-                    else:
-                        if ws.Gtmp is None:
-                            ws.Gtmp = xp.empty((L, B, H), dtype=self.dtype)
-                        ops.gemm(above, U, ws.Gtmp.reshape(L * B, H), 0.0)
-                        ws.Gtmp *= drop[l][j]
-                        G += ws.Gtmp
+                else:
+                    self._streams_from_above(ws, params, G, ws.dz_all[l + 1], l, j, drop)
                 trunc_backward_step(ops, G, ws.states[l][j + 1], k(j), dz_all, E[j],
                                     params[cell_name("W", l, 0)], self.act, j == 0)
         for l in range(top, -1, -1):
@@ -603,18 +593,10 @@ class Engine:
                 G = ws.G[l]
                 if l == top:
                     xp.copyto(G[j % L], ws.errors[l][j])  # output j's stream starts here
-                else:  # the streams' errors from layer l+1 at step j, through its U
-                    G[j % L].fill(0)
-                    U = params[cell_name("U", l + 1, 0)]
-                    above = (ws.dG_all[l + 1] if lstm else ws.dGx_all[l + 1]).reshape(L * B, -1)
-                    if drop is None:
-                        ops.gemm(above, U, G.reshape(L * B, H), 1.0)
-                    else:
-                        if ws.Gtmp is None:
-                            ws.Gtmp = xp.empty((L, B, H), dtype=self.dtype)
-                        ops.gemm(above, U, ws.Gtmp.reshape(L * B, H), 0.0)
-                        ws.Gtmp *= drop[l][j]
-                        G += ws.Gtmp
+                else:  # a gated layer above sends its dL/d(U x + b) through its U
+                    self._streams_from_above(
+                        ws, params, G, ws.dG_all[l + 1] if lstm else ws.dGx_all[l + 1], l, j,
+                        drop)
                 DC = None
                 if lstm:
                     DC = ws.DC[l]
@@ -673,6 +655,25 @@ class Engine:
         else:  # the reverse direction's own backward order: 0 up to T-1
             for t in range(T):
                 backward_step(ops, carry, E[t], S[t], k(t), E[t], W, self.act, t == T - 1)
+
+    def _streams_from_above(self, ws: Workspace, params, G, above, l: int, j: int,
+                            drop) -> None:
+        """Truncated BPTT of a unidirectional stack at step j: layer l's L live streams G
+        (L, B, H) receive the streams' errors of layer l+1 (`above`, (L, B, k): what
+        multiplies its U), through its U and layer l's dropout multipliers; slot j % L
+        starts afresh (output j's stream enters layer l here)."""
+        L, B, H = G.shape
+        G[j % L].fill(0)
+        U = params[cell_name("U", l + 1, 0)]
+        above = above.reshape(L * B, -1)
+        if drop is None:
+            self.ops.gemm(above, U, G.reshape(L * B, H), 1.0)
+            return
+        if ws.Gtmp is None:
+            ws.Gtmp = self.xp.empty((L, B, H), dtype=self.dtype)
+        self.ops.gemm(above, U, ws.Gtmp.reshape(L * B, H), 0.0)
+        ws.Gtmp *= drop[l][j]
+        G += ws.Gtmp
 
     def _backward_fused_cell(self, W, carry, S, E, keep, d: int, T: int) -> None:
         """Full BPTT of one layer direction with one fused recurrent-step kernel per step:
