@@ -452,28 +452,21 @@ def lstm_backward(G, DC, gates, c_prev, c_next, keep, e, fresh: int, dG_all) -> 
         G[fresh] += e
     i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
     tc = np.tanh(c_next)
-    # K: what multiplies dc_total (i, f, g) or dh' (o) in each gate's derivative
-    K = np.subtract(1.0, gates)
-    K *= gates  # s (1 - s): the sigmoid gates' derivative
-    Kg = K[:, 2 * H:3 * H]
-    np.multiply(g, g, out=Kg)
-    np.subtract(1.0, Kg, out=Kg)  # 1 - g^2 on the tanh gate
-    K[:, :H] *= g
-    K[:, H:2 * H] *= c_prev
-    Kg *= i
-    K[:, 3 * H:] *= tc
-    if keep is not None:
-        K *= keep[:, None]
-    a_c = np.multiply(tc, tc, out=tc)  # dc_total = DC + dh' o (1 - tc^2)
-    np.subtract(1.0, a_c, out=a_c)
-    a_c *= o
+    a_c = o * (1.0 - tc * tc)  # dc_total = DC + dh' a_c
+    b_o = tc * o * (1.0 - o)  # do = dh' b_o
+    b_i = g * i * (1.0 - i)  # di = dc_total b_i
+    b_g = i * (1.0 - g * g)  # dg = dc_total b_g
+    b_f = c_prev * f * (1.0 - f)  # df = dc_total b_f
     f = f.copy()  # gates is overwritten below
-    dct = G * a_c  # (L, B, H)
-    dct += DC
+    if keep is not None:
+        k = keep[:, None]
+        for coef in (b_o, b_i, b_g, b_f):
+            coef *= k
+    dct = DC + G * a_c  # (L, B, H)
     out = gates.reshape(1, B, 4 * H) if dG_all is None else dG_all
-    np.multiply(dct[:, :, None, :], K[:, :3 * H].reshape(B, 3, H),
-                out=out[:, :, :3 * H].reshape(L, B, 3, H))
-    np.multiply(G, K[:, 3 * H:], out=out[:, :, 3 * H:])
+    for n, coef in ((0, b_i), (1, b_f), (2, b_g)):
+        np.multiply(dct, coef, out=out[:, :, n * H:(n + 1) * H])
+    np.multiply(G, b_o, out=out[:, :, 3 * H:])
     if dG_all is not None:
         np.sum(dG_all, axis=0, out=gates)
     if keep is None:
@@ -535,40 +528,30 @@ def gru_backward(G, gates, hn, h_prev, keep, e, fresh: int, dGh_all, dGh_sum,
     if e is not None:
         G[fresh] += e
     r, z, n = (gates[:, k * H:(k + 1) * H] for k in range(3))
-    # K: what multiplies dh' in each stream's dL/d(W h + bh) = [dr, dz, r dn]
-    K = np.empty((B, 3 * H), dtype=gates.dtype)
-    Kr, Kz, Kn = (K[:, k * H:(k + 1) * H] for k in range(3))
-    one_z = np.subtract(1.0, z)
-    a_n = np.multiply(n, n)  # dn = dh' a_n, a_n = (1 - z)(1 - n^2)
-    np.subtract(1.0, a_n, out=a_n)
-    a_n *= one_z
-    np.subtract(h_prev, n, out=Kz)  # dz = dh' (h - n) z (1 - z)
-    Kz *= z
-    Kz *= one_z
-    np.subtract(1.0, r, out=Kr)  # dr = dn hn r (1 - r)
-    Kr *= r
-    Kr *= hn
+    a_n = (1.0 - z) * (1.0 - n * n)  # dn = dh' a_n
+    a_z = (h_prev - n) * z * (1.0 - z)  # dz = dh' a_z
+    a_r = hn * r * (1.0 - r)  # dr = dn a_r
+    r = r.copy()
     pass_h = z.copy()  # the part of dh' that reaches h directly
     if keep is not None:
         k = keep[:, None]
         a_n *= k
-        Kz *= k
+        a_z *= k
         pass_h *= k
         pass_h += 1.0 - k
-    Kr *= a_n
-    np.multiply(a_n, r, out=Kn)
+    dn = G * a_n  # (L, B, H)
+    dz = G * a_z
     out = dGh_sum.reshape(1, B, 3 * H) if dGh_all is None else dGh_all
-    np.multiply(G[:, :, None, :], K.reshape(B, 3, H), out=out.reshape(L, B, 3, H))
+    np.multiply(dn, a_r, out=out[:, :, :H])
+    out[:, :, H:2 * H] = dz
+    np.multiply(dn, r, out=out[:, :, 2 * H:])
     if dGh_all is not None:
         np.sum(dGh_all, axis=0, out=dGh_sum)
     gates[:, :2 * H] = dGh_sum[:, :2 * H]
-    if L == 1:
-        np.multiply(G[0], a_n, out=gates[:, 2 * H:])
-    else:
-        np.sum(G * a_n, axis=0, out=gates[:, 2 * H:])
+    np.sum(dn, axis=0, out=gates[:, 2 * H:])
     if dGx_all is not None:
         dGx_all[:, :, :2 * H] = out[:, :, :2 * H]
-        np.multiply(G, a_n, out=dGx_all[:, :, 2 * H:])
+        dGx_all[:, :, 2 * H:] = dn
     G *= pass_h
 
 
