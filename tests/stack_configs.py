@@ -86,3 +86,24 @@ def cell_sample(n: int, seed: int) -> list[tuple]:
             cfg["trunc"] = None
         rows.append(tuple(cfg.values()))
     return rows
+
+
+def layered_and_per_output_gradients(model, x, y, mask, h0, lm, dr):
+    """The reference's two ways of writing full BPTT for a unidirectional stack (per
+    output through all layers, and layer by layer), run on the same forward pass: the
+    two gradient dicts, the output layer's V and c left out."""
+    T = x.shape[0]
+    p, xx, hh, mm, w, dd = reference.prepare_inputs(
+        {k: np.array(v) for k, v in model.params.items()}, x, h0, mask, dr, lm)
+    h, c = hh if isinstance(hh, tuple) else (hh, None)
+    runs, feats = reference._forward_runs(p, xx, h, c, mm, "tanh", dd)
+    _, dz = zip(*(reference.output_loss("softmax", feats[-1][t] @ p["V"].T + p["c"], y[t])
+                  for t in range(T)))
+    e_out = [(dz[t] * w[t][:, None]) @ p["V"] for t in range(T)]  # error on the top features
+    g1 = {k: np.zeros_like(v) for k, v in p.items()}
+    g2 = {k: np.zeros_like(v) for k, v in p.items()}
+    reference._backward_per_output(p, g1, xx, runs, feats, mm, dd, e_out, T, "tanh")
+    reference._backward_layered(p, g2, xx, runs, feats, mm, dd, e_out, "tanh")
+    drop = ("V", "c")
+    return ({k: v for k, v in g1.items() if k not in drop},
+            {k: v for k, v in g2.items() if k not in drop})

@@ -9,7 +9,7 @@ import rnn_gpu
 from rnn_gpu import reference
 
 from ..helpers import central_differences, make_problem, randomize, rel_err
-from ..stack_configs import cell_sample, make_extras
+from ..stack_configs import cell_sample, layered_and_per_output_gradients, make_extras
 
 SIZES = (5, 7, 3)  # I, H, O: not multiples of anything
 T = 6
@@ -76,20 +76,9 @@ def test_layered_and_per_output_backward_agree(cell):
     m = _model(cell, 2)
     x, y, _, mask = make_problem("softmax", True, True, False, T=T, sizes=SIZES)
     h0, lm, dr = make_extras(m, T, x.shape[1], True, True, True)
-    p, xx, hh, mm, w, dd = reference.prepare_inputs(
-        {k: np.array(v) for k, v in m.params.items()}, x, h0, mask, dr, lm)
-    runs, feats = reference._forward_runs(p, xx, *hh, mm, "tanh", dd) if cell == "lstm" else \
-        reference._forward_runs(p, xx, hh, None, mm, "tanh", dd)
-    _, dz = zip(*(reference.output_loss("softmax", feats[-1][t] @ p["V"].T + p["c"], y[t])
-                  for t in range(T)))
-    e_out = [(dz[t] * w[t][:, None]) @ p["V"] for t in range(T)]
-    g1 = {k: np.zeros_like(v) for k, v in p.items()}
-    g2 = {k: np.zeros_like(v) for k, v in p.items()}
-    reference._backward_per_output(p, g1, xx, runs, feats, mm, dd, e_out, T, "tanh")
-    reference._backward_layered(p, g2, xx, runs, feats, mm, dd, e_out, "tanh")
-    for k in p:
-        if k not in ("V", "c"):
-            assert rel_err(g1[k], g2[k]) < 1e-12, k
+    g1, g2 = layered_and_per_output_gradients(m, x, y, mask, h0, lm, dr)
+    for k in g1:
+        assert rel_err(g1[k], g2[k]) < 1e-12, k
 
 
 # -------------------------------------------------------------------------------------
